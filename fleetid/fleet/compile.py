@@ -1,0 +1,252 @@
+"""Compiling a validated fleet into an immutable, content-hashed directory revision.
+
+The revision is what every other part reads: the decision function, `explain`, `diff`,
+the server and the Pulumi program. It holds the validated model, the policy rules with
+their patterns already resolved against the fleet's agents and scopes, and the indexes a
+decision needs, so that deciding never scans the fleet.
+
+The hash covers meaning only. It is the SHA-256 of a canonical JSON form in which keys
+are sorted, defaults are filled in, lists that are sets are sorted and rules are ordered
+by id; so key order, comments, whitespace, the order of set-like lists and the names of
+policy files do not change it, while any change of meaning does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from fleetid.fleet.load import FleetSources, LoadedFleet, load
+from fleetid.fleet.model import (
+    ApprovalRule,
+    DenyRule,
+    Fleet,
+    LifetimeRule,
+    PolicyFile,
+)
+from fleetid.fleet.semantics import connection_urn
+
+__all__ = ["CompiledRule", "Revision", "canonical_json", "compile_fleet", "compile_sources"]
+
+Effect = Literal["deny", "require_approval", "cap_lifetime"]
+SubjectKind = Literal["any", "user", "machine"]
+
+# Lists whose order means something; every other list of plain values is a set.
+_ORDERED_LISTS = frozenset({"entry_point"})
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A policy rule with every pattern resolved: `None` means "any"."""
+
+    id: str
+    file: str
+    effect: Effect
+    description: str
+    max_lifetime: int | None
+    resources: frozenset[str] | None
+    scopes: frozenset[str] | None
+    scope_patterns: tuple[str, ...] | None
+    agents: frozenset[str] | None
+    tenants: frozenset[str] | None
+    roles: frozenset[str] | None
+    subject: SubjectKind
+
+    def applies(
+        self, agent: str, tenant: str | None, roles: frozenset[str], is_user: bool
+    ) -> bool:
+        """Whether the rule covers a request whose resource and scope it already covers."""
+        if self.subject == "user" and not is_user:
+            return False
+        if self.subject == "machine" and is_user:
+            return False
+        if self.agents is not None and agent not in self.agents:
+            return False
+        if self.tenants is not None and tenant not in self.tenants:
+            return False
+        return self.roles is None or not self.roles.isdisjoint(roles)
+
+    def covers(self, resource: str, scope: str) -> bool:
+        if self.resources is not None and resource not in self.resources:
+            return False
+        return self.scopes is None or scope in self.scopes
+
+
+@dataclass(frozen=True, eq=False)
+class Revision:
+    """One immutable compiled fleet. Build it with `compile_fleet`."""
+
+    hash: str
+    fleet: Fleet
+    policies: Mapping[str, PolicyFile]
+    rules: tuple[CompiledRule, ...]
+    resource_by_audience: Mapping[str, str]
+    connection_by_urn: Mapping[str, str]
+    agent_scopes: Mapping[tuple[str, str], frozenset[str]]
+    scope_roles: Mapping[tuple[str, str], frozenset[str]]
+    group_roles: Mapping[str, Mapping[str, frozenset[str]]]
+    rules_for: Mapping[tuple[str, str], tuple[CompiledRule, ...]]
+    agent_tenants: Mapping[str, frozenset[str]]
+    agent_roles: Mapping[str, frozenset[str]]
+    _no_rules: tuple[CompiledRule, ...] = field(default=(), repr=False)
+
+    @property
+    def short(self) -> str:
+        return self.hash[:12]
+
+    def roles_of(self, tenant: str, groups: tuple[str, ...] | list[str]) -> frozenset[str]:
+        """The roles a user holds in a tenant: only through the tenant's group map."""
+        mapping = self.group_roles.get(tenant)
+        if not mapping:
+            return frozenset()
+        roles: set[str] = set()
+        for group in groups:
+            granted = mapping.get(group)
+            if granted:
+                roles.update(granted)
+        return frozenset(roles)
+
+    def rules_covering(self, resource: str, scope: str) -> tuple[CompiledRule, ...]:
+        return self.rules_for.get((resource, scope), self._no_rules)
+
+    def summary(self) -> dict[str, Any]:
+        fleet = self.fleet
+        return {
+            "revision": self.hash,
+            "name": fleet.identity.name,
+            "tenants": len(fleet.tenants),
+            "roles": len(fleet.roles),
+            "resources": len(fleet.resources),
+            "scopes": sum(len(resource.scopes) for resource in fleet.resources.values()),
+            "agents": len(fleet.agents),
+            "gateways": len(fleet.gateways),
+            "connections": len(fleet.connections),
+            "policy_rules": len(self.rules),
+            "dev_users": len(fleet.dev_users),
+        }
+
+
+def _canonical(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, dict):
+        return {name: _canonical(child, name) for name, child in value.items()}
+    if isinstance(value, list):
+        items = [_canonical(child) for child in value]
+        if key in _ORDERED_LISTS or not all(isinstance(item, str) for item in items):
+            return items
+        return sorted(set(items))
+    return value
+
+
+def canonical_json(fleet: Fleet, policies: Mapping[str, PolicyFile]) -> str:
+    """The form the revision hash is taken of."""
+    rules = sorted(
+        (rule.model_dump(mode="json") for policy in policies.values() for rule in policy.rules),
+        key=lambda rule: str(rule["id"]),
+    )
+    document = {"fleet": _canonical(fleet.model_dump(mode="json")), "rules": _canonical(rules)}
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _compile_rule(
+    rule: DenyRule | ApprovalRule | LifetimeRule, file: str, fleet: Fleet
+) -> CompiledRule:
+    match = rule.match
+    resources = frozenset(match.resources) if match.resources is not None else None
+    scopes: frozenset[str] | None = None
+    if match.scopes is not None:
+        covered = resources if resources is not None else fleet.resources.keys()
+        scopes = frozenset(
+            scope
+            for name in covered
+            for scope in fleet.resources[name].scopes
+            if any(fnmatch.fnmatchcase(scope, pattern) for pattern in match.scopes)
+        )
+    agents: frozenset[str] | None = None
+    if match.agents is not None:
+        agents = frozenset(
+            name
+            for name in fleet.agents
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in match.agents)
+        )
+    return CompiledRule(
+        id=rule.id,
+        file=file,
+        effect=rule.effect,
+        description=rule.description,
+        max_lifetime=rule.max_lifetime if isinstance(rule, LifetimeRule) else None,
+        resources=resources,
+        scopes=scopes,
+        scope_patterns=tuple(match.scopes) if match.scopes is not None else None,
+        agents=agents,
+        tenants=frozenset(match.tenants) if match.tenants is not None else None,
+        roles=frozenset(match.roles) if match.roles is not None else None,
+        subject=match.subject,
+    )
+
+
+def compile_fleet(loaded: LoadedFleet) -> Revision:
+    fleet, policies = loaded.fleet, loaded.policies
+    digest = hashlib.sha256(canonical_json(fleet, policies).encode()).hexdigest()
+
+    rules = tuple(
+        sorted(
+            (
+                _compile_rule(rule, file, fleet)
+                for file, policy in policies.items()
+                for rule in policy.rules
+            ),
+            key=lambda rule: rule.id,
+        )
+    )
+    rules_for: dict[tuple[str, str], list[CompiledRule]] = {}
+    scope_roles: dict[tuple[str, str], frozenset[str]] = {}
+    for resource_name, resource in fleet.resources.items():
+        for scope_name, scope in resource.scopes.items():
+            scope_roles[(resource_name, scope_name)] = frozenset(scope.roles)
+            covering = [rule for rule in rules if rule.covers(resource_name, scope_name)]
+            if covering:
+                rules_for[(resource_name, scope_name)] = covering
+
+    agent_scopes = {
+        (agent_name, resource_name): frozenset(scopes)
+        for agent_name, agent in fleet.agents.items()
+        for resource_name, scopes in agent.scopes.items()
+    }
+    group_roles = {
+        tenant_name: MappingProxyType(
+            {group: frozenset(roles) for group, roles in tenant.groups.items()}
+        )
+        for tenant_name, tenant in fleet.tenants.items()
+    }
+    return Revision(
+        hash=digest,
+        fleet=fleet,
+        policies=MappingProxyType(dict(policies)),
+        rules=rules,
+        resource_by_audience=MappingProxyType(
+            {resource.identifier: name for name, resource in fleet.resources.items()}
+        ),
+        connection_by_urn=MappingProxyType(
+            {connection_urn(name): name for name in fleet.connections}
+        ),
+        agent_scopes=MappingProxyType(agent_scopes),
+        scope_roles=MappingProxyType(scope_roles),
+        group_roles=MappingProxyType(group_roles),
+        rules_for=MappingProxyType({key: tuple(value) for key, value in rules_for.items()}),
+        agent_tenants=MappingProxyType(
+            {name: frozenset(agent.tenants) for name, agent in fleet.agents.items()}
+        ),
+        agent_roles=MappingProxyType(
+            {name: frozenset(agent.roles) for name, agent in fleet.agents.items()}
+        ),
+    )
+
+
+def compile_sources(sources: FleetSources) -> Revision:
+    """Load, validate and compile; raises `FleetInvalid` with every problem."""
+    return compile_fleet(load(sources))

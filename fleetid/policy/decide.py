@@ -1,0 +1,254 @@
+"""The issuance decision: which of the requested scopes a token may carry, and for how long.
+
+`decide` is a pure function of a revision and a request; it does no I/O and reads no
+clock, so the server, `explain` and the property tests all get the same answer for the
+same input. Its structure is what makes escalation impossible:
+
+- fleet.yaml only allows: a scope is granted only if the resource defines it, the agent
+  lists it, and a role the subject holds is among the scope's roles;
+- a user's roles come only from their tenant's group map, and a user is served only by
+  agents that serve their tenant; an agent acting as itself has only its own roles;
+- policies only restrict: a matching `deny` refuses, a `require_approval` (or a scope's
+  own `requires_approval`) refuses until a person approved that scope, a `cap_lifetime`
+  shortens. Nothing in a policy can add a scope.
+
+A refused scope is never in `granted`, whatever the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from fleetid.fleet.compile import CompiledRule, Revision
+
+__all__ = [
+    "APPROVAL_REQUIRED",
+    "DENIED",
+    "NOT_IN_AGENT_LIST",
+    "NO_ROLE",
+    "NO_SCOPE_REQUESTED",
+    "TENANT_NOT_SERVED",
+    "UNKNOWN_AGENT",
+    "UNKNOWN_RESOURCE",
+    "UNKNOWN_SCOPE",
+    "UNKNOWN_TENANT",
+    "AccessRequest",
+    "Decision",
+    "LifetimeCap",
+    "Refusal",
+    "Subject",
+    "decide",
+]
+
+UNKNOWN_AGENT: Final = "unknown_agent"
+UNKNOWN_RESOURCE: Final = "unknown_resource"
+UNKNOWN_TENANT: Final = "unknown_tenant"
+TENANT_NOT_SERVED: Final = "tenant_not_served"
+UNKNOWN_SCOPE: Final = "unknown_scope"
+NOT_IN_AGENT_LIST: Final = "not_in_agent_list"
+NO_ROLE: Final = "no_role"
+DENIED: Final = "denied"
+APPROVAL_REQUIRED: Final = "approval_required"
+NO_SCOPE_REQUESTED: Final = "no_scope_requested"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The person a delegated token is for: who, in which tenant, in which IdP groups."""
+
+    user: str
+    tenant: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """An agent asking for scopes on a resource, for a user or (no subject) for itself.
+
+    `approved` names scopes a person has approved for this request; only those pass an
+    approval requirement.
+    """
+
+    agent: str
+    resource: str
+    scopes: tuple[str, ...]
+    subject: Subject | None = None
+    approved: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    scope: str
+    code: str
+    reason: str
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LifetimeCap:
+    """Something that shortened the token: a scope's own cap or a policy rule."""
+
+    seconds: int
+    source: str
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    revision: str
+    request: AccessRequest
+    granted: tuple[str, ...]
+    refused: tuple[Refusal, ...]
+    lifetime: int
+    roles: frozenset[str]
+    caps: tuple[LifetimeCap, ...] = ()
+
+    @property
+    def needs_approval(self) -> tuple[str, ...]:
+        """Scopes that a person's approval would turn into grants."""
+        return tuple(
+            refusal.scope for refusal in self.refused if refusal.code == APPROVAL_REQUIRED
+        )
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.granted)
+
+
+def _refuse_all(
+    revision: Revision, request: AccessRequest, code: str, reason: str, lifetime: int
+) -> Decision:
+    scopes = request.scopes or ("",)
+    refused = tuple(Refusal(scope, code, reason) for scope in scopes)
+    return Decision(revision.hash, request, (), refused, lifetime, frozenset())
+
+
+def decide(revision: Revision, request: AccessRequest) -> Decision:
+    fleet = revision.fleet
+    default_lifetime = fleet.identity.tokens.access_token
+    agent_name = request.agent
+
+    if agent_name not in fleet.agents:
+        return _refuse_all(
+            revision, request, UNKNOWN_AGENT, f"no agent {agent_name!r} in this fleet", 0
+        )
+    resource = fleet.resources.get(request.resource)
+    if resource is None:
+        return _refuse_all(
+            revision,
+            request,
+            UNKNOWN_RESOURCE,
+            f"no resource {request.resource!r} in this fleet",
+            0,
+        )
+    if not request.scopes:
+        return _refuse_all(revision, request, NO_SCOPE_REQUESTED, "no scope was requested", 0)
+
+    subject = request.subject
+    tenant: str | None = None
+    if subject is None:
+        roles = revision.agent_roles[agent_name]
+    else:
+        tenant = subject.tenant
+        if tenant not in fleet.tenants:
+            return _refuse_all(
+                revision, request, UNKNOWN_TENANT, f"no tenant {tenant!r} in this fleet", 0
+            )
+        if tenant not in revision.agent_tenants[agent_name]:
+            return _refuse_all(
+                revision,
+                request,
+                TENANT_NOT_SERVED,
+                f"agent {agent_name!r} does not serve tenant {tenant!r}",
+                0,
+            )
+        roles = revision.roles_of(tenant, subject.groups)
+
+    is_user = subject is not None
+    listed = revision.agent_scopes.get((agent_name, request.resource), frozenset())
+    granted: list[str] = []
+    refused: list[Refusal] = []
+    caps: list[LifetimeCap] = []
+    lifetime = default_lifetime
+    seen: set[str] = set()
+
+    for scope in request.scopes:
+        if scope in seen:
+            continue
+        seen.add(scope)
+        definition = resource.scopes.get(scope)
+        if definition is None:
+            refused.append(
+                Refusal(
+                    scope, UNKNOWN_SCOPE, f"resource {request.resource!r} defines no such scope"
+                )
+            )
+            continue
+        if scope not in listed:
+            refused.append(
+                Refusal(
+                    scope,
+                    NOT_IN_AGENT_LIST,
+                    f"agent {agent_name!r} may never request it: it is not in the agent's "
+                    "scopes in fleet.yaml",
+                )
+            )
+            continue
+        allowed_roles = revision.scope_roles[(request.resource, scope)]
+        if allowed_roles.isdisjoint(roles):
+            refused.append(Refusal(scope, NO_ROLE, _no_role_reason(allowed_roles, is_user)))
+            continue
+
+        rules = revision.rules_covering(request.resource, scope)
+        applicable: tuple[CompiledRule, ...] = ()
+        if rules:
+            applicable = tuple(
+                rule for rule in rules if rule.applies(agent_name, tenant, roles, is_user)
+            )
+        denials = tuple(rule.id for rule in applicable if rule.effect == "deny")
+        if denials:
+            refused.append(
+                Refusal(scope, DENIED, f"denied by policy {', '.join(denials)}", denials)
+            )
+            continue
+        if scope not in request.approved:
+            approvals = tuple(rule.id for rule in applicable if rule.effect == "require_approval")
+            if definition.requires_approval or approvals:
+                refused.append(
+                    Refusal(scope, APPROVAL_REQUIRED, _approval_reason(approvals), approvals)
+                )
+                continue
+
+        granted.append(scope)
+        if definition.max_lifetime is not None and definition.max_lifetime < lifetime:
+            lifetime = definition.max_lifetime
+        if definition.max_lifetime is not None:
+            caps.append(LifetimeCap(definition.max_lifetime, f"scope {scope}", scope))
+        for rule in applicable:
+            if rule.max_lifetime is not None:
+                caps.append(LifetimeCap(rule.max_lifetime, f"policy {rule.id}", scope))
+                lifetime = min(lifetime, rule.max_lifetime)
+
+    return Decision(
+        revision.hash,
+        request,
+        tuple(granted),
+        tuple(refused),
+        lifetime if granted else 0,
+        roles,
+        tuple(caps),
+    )
+
+
+def _no_role_reason(allowed_roles: frozenset[str], is_user: bool) -> str:
+    holders = ", ".join(sorted(allowed_roles))
+    if is_user:
+        return f"the user holds none of the roles that may hold it ({holders})"
+    return f"the agent, acting as itself, holds none of the roles that may hold it ({holders})"
+
+
+def _approval_reason(rules: tuple[str, ...]) -> str:
+    if rules:
+        return f"needs a person's approval (policy {', '.join(rules)})"
+    return "needs a person's approval (the scope requires it)"
