@@ -1,0 +1,1 @@
+"""Issuance decisions and their explanations."""
