@@ -1,16 +1,20 @@
 """The `fleetid` command line.
 
 Exit codes: 0 success; 2 the input is invalid (the problems are on stderr); 3 `diff
---fail-on widens` found a widening; 1 anything else, reported in one line. No input makes
-it print a traceback: every known failure is a domain error with a message, and the last
-resort in `main` names the error's type only, since its text could carry a secret.
+--fail-on widens` found a widening; 4 `verify` rejected the token; 1 anything else,
+reported in one line. No input makes it print a traceback: every known failure is a domain
+error with a message, and the last resort in `main` names the error's type only, since its
+text could carry a secret.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,14 +22,17 @@ import click
 
 from fleetid.fleet.compile import Revision, compile_sources
 from fleetid.fleet.load import FleetInvalid, read_sources
+from fleetid.fleet.model import parse_duration
 from fleetid.fleet.source import Problem
 from fleetid.policy.decide import AccessRequest, Subject, decide
 from fleetid.policy.explain import decision_json, explain_text
+from fleetid.server.clients import LocalClientSecrets
 
 __all__ = ["main"]
 
 EXIT_INVALID = 2
 EXIT_WIDENS = 3
+EXIT_REJECTED = 4
 
 
 class _Failed(Exception):
@@ -165,12 +172,237 @@ def schema(kind: str, write: bool) -> None:
         click.echo(f"wrote {folder / file_name}")
 
 
+_STATE = click.option(
+    "--state",
+    default=".fleetid",
+    show_default=True,
+    help="the state folder of `fleetid serve`",
+)
+_SERVER = click.option(
+    "--server",
+    default="http://127.0.0.1:8787",
+    show_default=True,
+    help="the running fleetid server",
+)
+
+
 @cli.command()
 @_FLEET
-def serve(fleet: str) -> None:
-    """Validate the fleet and print what it compiles to."""
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535))
+@_STATE
+@click.option("--issuer", help="the issuer URL, when the server sits behind a proxy")
+def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> None:
+    """Run the identity server on this machine, with embedded state."""
+    import uvicorn
+
+    from fleetid.server.app import create_app
+    from fleetid.server.local import LocalState, RevisionWatcher, open_local
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    base = issuer or f"http://{host}:{port}"
+    try:
+        context = open_local(fleet, LocalState(Path(state)), base)
+    except FleetInvalid as invalid:
+        _report(invalid.problems, "text")
+        raise _Failed("", EXIT_INVALID) from invalid
+    secrets = context.secrets
+    assert isinstance(secrets, LocalClientSecrets)
+
+    def on_switch(revision: Revision) -> None:
+        for agent in secrets.ensure(sorted(revision.fleet.agents)):
+            click.echo(f"new agent {agent}: client_id {agent}")
+
+    watcher = RevisionWatcher(fleet, context, on_switch=on_switch)
+    revision = context.live.get()
+    click.echo(f"fleetid: revision {revision.short} of {revision.fleet.identity.name}")
+    click.echo(f"discovery: {context.issuer}/.well-known/openid-configuration")
+    for agent in sorted(revision.fleet.agents):
+        click.echo(f"  agent {agent}: client_id {agent}")
+    click.echo(f"credentials: fleetid credentials AGENT --state {state}")
+    watcher.start()
+    try:
+        uvicorn.run(
+            create_app(context),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        watcher.stop()
+
+
+def _local_secrets(state: str) -> LocalClientSecrets:
+    path = Path(state) / "clients.json"
+    if not path.is_file():
+        raise _Failed(f"no client secrets in {state}; start `fleetid serve` once first")
+    try:
+        return LocalClientSecrets(path)
+    except (OSError, ValueError) as exc:
+        raise _Failed(f"cannot read {path}: {type(exc).__name__}") from exc
+
+
+@cli.command()
+@click.argument("agent")
+@_STATE
+def credentials(agent: str, state: str) -> None:
+    """Print AGENT's local client_id and client_secret as JSON."""
+    secret = _local_secrets(state).secret(agent)
+    if secret is None:
+        raise _Failed(f"no credentials for agent {agent!r} in {state}", EXIT_INVALID)
+    click.echo(json.dumps({"client_id": agent, "client_secret": secret}, indent=2))
+
+
+@cli.command()
+@click.option("--agent", required=True, help="the agent whose client signs the user in")
+@click.option("--user", required=True, help="a dev user of the fleet")
+@click.option("--resource", "resources", multiple=True, help="a resource identifier URL")
+@click.option("--scope", "scopes", multiple=True, help="a scope to ask for; repeat for more")
+@click.option("--redirect-uri", help="default: the agent's first redirect URI")
+@_FLEET
+@_STATE
+@_SERVER
+def login(
+    agent: str,
+    user: str,
+    resources: tuple[str, ...],
+    scopes: tuple[str, ...],
+    redirect_uri: str | None,
+    fleet: str,
+    state: str,
+    server: str,
+) -> None:
+    """Sign USER in to AGENT through the real code + PKCE flow; print the token response."""
+    from fleetid.login import LoginFailed
+    from fleetid.login import login as run_login
+
     revision = _compile(fleet)
-    click.echo(json.dumps(revision.summary(), indent=2))
+    definition = revision.fleet.agents.get(agent)
+    if definition is None:
+        raise _Failed(f"no agent {agent!r} in {fleet}", EXIT_INVALID)
+    if not definition.redirect_uris and redirect_uri is None:
+        raise _Failed(f"agent {agent!r} has no redirect URI, so no one can sign in to it")
+    secret = _local_secrets(state).secret(agent)
+    if secret is None:
+        raise _Failed(f"no credentials for agent {agent!r} in {state}")
+    requested = [part for scope in scopes for part in scope.split()]
+    if not requested:
+        requested = sorted({scope for listed in definition.scopes.values() for scope in listed})
+    try:
+        response = run_login(
+            server,
+            client_id=agent,
+            client_secret=secret,
+            user=user,
+            redirect_uri=redirect_uri or definition.redirect_uris[0],
+            resources=resources,
+            scopes=requested,
+        )
+    except LoginFailed as failed:
+        raise _Failed(f"login failed: {failed}") from failed
+    click.echo(json.dumps(response, indent=2))
+
+
+@cli.command()
+@click.argument("token")
+@click.option("--agent", required=True, help="the agent whose inbound authorizer to apply")
+@_FLEET
+@_SERVER
+def verify(token: str, agent: str, fleet: str, server: str) -> None:
+    """Accept or reject TOKEN as AgentCore's inbound JWT authorizer for AGENT would."""
+    from fleetid.authorizer import check_token, inbound_authorizer
+
+    revision = _compile(fleet)
+    if agent not in revision.fleet.agents:
+        raise _Failed(f"no agent {agent!r} in {fleet}", EXIT_INVALID)
+    verdict = check_token(token, inbound_authorizer(revision, agent, server))
+    if not verdict.accepted:
+        raise _Failed(f"rejected: {verdict.reason}", EXIT_REJECTED)
+    click.echo(f"accepted: {verdict.claims.get('sub')} via {verdict.claims.get('client_id')}")
+
+
+@cli.command()
+@click.option("--agent", help="only this agent's decisions")
+@click.option("--since", help="only after this time: ISO 8601, or an age such as 1h or 30m")
+@_STATE
+@_FORMAT
+def audit(agent: str | None, since: str | None, state: str, output_format: str) -> None:
+    """Read the audit trail of `fleetid serve`."""
+    from fleetid.server.audit import matching, read_jsonl
+
+    events = matching(read_jsonl(Path(state) / "audit.jsonl"), agent=agent, since=_since(since))
+    if output_format == "json":
+        click.echo(json.dumps(list(events), indent=2))
+        return
+    for event in events:
+        click.echo(_audit_line(event))
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        age = int(parse_duration(value))
+    except ValueError:
+        pass
+    else:
+        return time.time() - age
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise _Failed(f"--since {value!r} is neither a time nor an age", EXIT_INVALID) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _audit_line(event: dict[str, Any]) -> str:
+    when = datetime.fromtimestamp(float(event.get("time", 0)), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    parts = [when, str(event.get("event")), f"agent={event.get('agent')}"]
+    for name in ("subject", "tenant", "resource"):
+        if event.get(name):
+            parts.append(f"{name}={event[name]}")
+    if event.get("act"):
+        parts.append("act=" + ">".join(event["act"]))
+    if "granted" in event:
+        parts.append("granted=" + (",".join(event["granted"]) or "-"))
+    for refusal in event.get("refused", []):
+        parts.append(f"refused={refusal['scope']}({refusal['code']})")
+    if event.get("outcome"):
+        parts.append(str(event["outcome"]))
+    if event.get("revision"):
+        parts.append(f"revision={str(event['revision'])[:12]}")
+    return " ".join(parts)
+
+
+@cli.group()
+def keys() -> None:
+    """Signing keys of `fleetid serve`."""
+
+
+@keys.command()
+@_FLEET
+@_STATE
+def rotate(fleet: str, state: str) -> None:
+    """Make the published next key active, keep the old one until its tokens expire."""
+    from fleetid.keys import KeyCustodyError, LocalKeyFile
+
+    revision = _compile(fleet)
+    path = Path(state) / "keys.json"
+    if not path.is_file():
+        raise _Failed(f"no key ring in {state}; start `fleetid serve` once first")
+    tokens = revision.fleet.identity.tokens
+    longest = max(tokens.access_token, tokens.id_token)
+    try:
+        custody = LocalKeyFile(path, algorithm=revision.fleet.identity.signing.algorithm)
+        before, _ = custody.active_key()
+        custody.rotate(max_token_lifetime=longest + 300)
+        after, _ = custody.active_key()
+    except KeyCustodyError as exc:
+        raise _Failed(f"rotation failed: {exc}") from exc
+    click.echo(f"active key {before} -> {after}; a running server picks it up on restart")
 
 
 def _fail(message: str, code: int) -> NoReturn:

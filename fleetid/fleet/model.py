@@ -304,7 +304,10 @@ class Agent(_Strict):
     token_endpoint_auth_method: Literal[
         "client_secret_basic", "client_secret_post", "private_key_jwt"
     ] = "client_secret_basic"
-    jwks_uri: Url | None = Field(default=None, description="for private_key_jwt")
+    jwks: dict[str, Any] | None = Field(
+        default=None,
+        description="the public keys a private_key_jwt agent signs with, as a JWK Set",
+    )
     agentcore: AgentCoreSettings | None = None
 
 

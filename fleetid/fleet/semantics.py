@@ -174,11 +174,30 @@ def _check_agents(fleet: Fleet, known: Known) -> Iterator[Finding]:
                 join_pointer(*base, "redirect_uris"),
                 ("the agent has redirect URIs but serves no tenant, so no one could sign in"),
             )
-        if agent.token_endpoint_auth_method == "private_key_jwt" and agent.jwks_uri is None:
-            yield join_pointer(*base), "private_key_jwt needs `jwks_uri`"
-        if agent.jwks_uri is not None and not _is_https(agent.jwks_uri):
-            yield join_pointer(*base, "jwks_uri"), "`jwks_uri` must be an https URL"
+        if agent.token_endpoint_auth_method == "private_key_jwt" and agent.jwks is None:
+            yield join_pointer(*base), "private_key_jwt needs `jwks`, the agent's public keys"
+        if agent.jwks is not None:
+            yield from _check_jwks(agent.jwks, (*base, "jwks"))
         yield from _check_agentcore(name, fleet)
+
+
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+def _check_jwks(jwks: Mapping[str, object], pointer: tuple[str, ...]) -> Iterator[Finding]:
+    keys = jwks.get("keys")
+    if not isinstance(keys, list) or not keys:
+        yield join_pointer(*pointer), "a JWK Set has a non-empty `keys` list"
+        return
+    for index, key in enumerate(keys):
+        if not isinstance(key, dict) or key.get("kty") not in {"RSA", "EC"}:
+            yield join_pointer(*pointer, "keys", index), "each key is an RSA or EC public JWK"
+        elif _PRIVATE_JWK_MEMBERS.intersection(key):
+            # Not echoed: these members are the private key.
+            yield (
+                join_pointer(*pointer, "keys", index),
+                ("this key includes private key material; only public keys belong here"),
+            )
 
 
 def _check_agentcore(name: str, fleet: Fleet) -> Iterator[Finding]:

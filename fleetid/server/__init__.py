@@ -1,0 +1,1 @@
+"""The identity server: an ASGI application, one module per spec it implements."""

@@ -1,0 +1,260 @@
+"""Who is calling: the fleet's agents as OAuth clients, and how they prove it.
+
+Every agent in the live revision is a confidential client whose `client_id` is its name.
+It authenticates with the one method fleet.yaml gives it (RFC 6749 §2.3):
+
+- `client_secret_basic` / `client_secret_post`: a high-entropy secret, compared through its
+  SHA-256 digest (a slow password hash on a random 256-bit secret buys nothing and costs
+  milliseconds per token);
+- `private_key_jwt` (RFC 7523 §2.2, OIDC Core §9): a short-lived JWT signed by a key in the
+  agent's JWKS, each `jti` accepted once.
+
+Where the secrets come from is behind `ClientSecrets`: a 0600 file generated on first start
+for `fleetid serve`, digests in the store on AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import jwt
+
+from fleetid.fleet.compile import Revision
+from fleetid.fleet.model import Agent
+from fleetid.server.errors import InvalidClient, InvalidRequest
+from fleetid.server.tokens import digest, new_secret
+from fleetid.store import Store
+
+__all__ = [
+    "ASSERTION_TYPE",
+    "AuthenticatedClient",
+    "ClientSecrets",
+    "LocalClientSecrets",
+    "StoredClientSecrets",
+    "authenticate",
+]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_NAMESPACE = "assertion"
+# An assertion living longer than this would make the replay cache hold it as long.
+MAX_ASSERTION_LIFETIME = 600
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedClient:
+    client_id: str
+    agent: Agent
+    method: str
+
+
+class ClientSecrets(ABC):
+    """The digests of the agents' client secrets."""
+
+    @abstractmethod
+    def digest(self, client_id: str) -> str | None: ...
+
+
+class LocalClientSecrets(ClientSecrets):
+    """Secrets in `<state>/clients.json` (mode 0600), one per agent, generated on first start
+    and kept across restarts; `fleetid credentials` reads them back."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._secrets: dict[str, str] = self._read()
+        self._digests = {client: digest(secret) for client, secret in self._secrets.items()}
+
+    def _read(self) -> dict[str, str]:
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        loaded = json.loads(raw)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{self.path} is not a JSON object")
+        return {str(client): str(secret) for client, secret in loaded.items()}
+
+    def ensure(self, agents: Iterable[str]) -> list[str]:
+        """Generate secrets for agents that have none; the names of those that got one."""
+        with self._lock:
+            added = [agent for agent in agents if agent not in self._secrets]
+            if not added:
+                return []
+            for agent in added:
+                self._secrets[agent] = new_secret("fis")
+                self._digests[agent] = digest(self._secrets[agent])
+            temporary = self.path.with_suffix(".tmp")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(self._secrets, handle, indent=2, sort_keys=True)
+            os.replace(temporary, self.path)
+            return added
+
+    def secret(self, client_id: str) -> str | None:
+        return self._secrets.get(client_id)
+
+    def digest(self, client_id: str) -> str | None:
+        return self._digests.get(client_id)
+
+
+class StoredClientSecrets(ClientSecrets):
+    """Digests kept in the store under `client_secret/<client_id>`, written at deploy time."""
+
+    namespace = "client_secret"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def digest(self, client_id: str) -> str | None:
+        record = self.store.get(self.namespace, client_id)
+        if record is None:
+            return None
+        value = record.value.get("sha256")
+        return value if isinstance(value, str) else None
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidClient("the Basic credentials are not valid base64") from exc
+    client_id, separator, secret = decoded.partition(":")
+    if not separator:
+        raise InvalidClient("the Basic credentials have no ':'")
+    # RFC 6749 §2.3.1: the client id and secret are form-urlencoded before Basic encoding.
+    return unquote(client_id), unquote(secret)
+
+
+def authenticate(
+    revision: Revision,
+    secrets: ClientSecrets,
+    store: Store,
+    form: Mapping[str, str],
+    authorization: str | None,
+    *,
+    audiences: frozenset[str],
+    now: float,
+) -> AuthenticatedClient:
+    """The client making this request, or InvalidClient saying why not."""
+    basic = _basic_credentials(authorization) if authorization else None
+    posted = "client_secret" in form
+    asserted = "client_assertion" in form
+    # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in each
+    # request."
+    if sum((basic is not None, posted, asserted)) > 1:
+        raise InvalidRequest("use one client authentication method per request")
+
+    if basic is not None:
+        client_id, secret = basic
+        agent = _agent(revision, client_id, form)
+        _check_secret(secrets, client_id, secret, agent, "client_secret_basic")
+        return AuthenticatedClient(client_id, agent, "client_secret_basic")
+    if posted:
+        client_id = form.get("client_id", "")
+        agent = _agent(revision, client_id, form)
+        _check_secret(secrets, client_id, form["client_secret"], agent, "client_secret_post")
+        return AuthenticatedClient(client_id, agent, "client_secret_post")
+    if asserted:
+        return _check_assertion(revision, store, form, audiences, now)
+    raise InvalidClient("client authentication is required")
+
+
+def _agent(revision: Revision, client_id: str, form: Mapping[str, str]) -> Agent:
+    posted_id = form.get("client_id")
+    if posted_id is not None and posted_id != client_id:
+        raise InvalidRequest("client_id does not match the authenticated client")
+    agent = revision.fleet.agents.get(client_id)
+    if agent is None:
+        raise InvalidClient("unknown client")
+    return agent
+
+
+def _check_secret(
+    secrets: ClientSecrets, client_id: str, secret: str, agent: Agent, method: str
+) -> None:
+    expected = secrets.digest(client_id)
+    if expected is None or not hmac.compare_digest(expected, digest(secret)):
+        raise InvalidClient("client authentication failed")
+    if agent.token_endpoint_auth_method != method:
+        raise InvalidClient(
+            f"this client authenticates with {agent.token_endpoint_auth_method}, not {method}"
+        )
+
+
+def _check_assertion(
+    revision: Revision,
+    store: Store,
+    form: Mapping[str, str],
+    audiences: frozenset[str],
+    now: float,
+) -> AuthenticatedClient:
+    if form.get("client_assertion_type") != ASSERTION_TYPE:
+        raise InvalidClient(f"client_assertion_type must be {ASSERTION_TYPE}")
+    assertion = form["client_assertion"]
+    try:
+        unverified = jwt.decode(assertion, options={"verify_signature": False})
+        header = jwt.get_unverified_header(assertion)
+    except jwt.PyJWTError as exc:
+        raise InvalidClient("the client assertion is not a JWT") from exc
+
+    client_id = str(unverified.get("sub", ""))
+    agent = _agent(revision, client_id, form)
+    if agent.token_endpoint_auth_method != "private_key_jwt":
+        raise InvalidClient(
+            f"this client authenticates with {agent.token_endpoint_auth_method}, "
+            "not private_key_jwt"
+        )
+    key = _assertion_key(agent, header)
+    try:
+        claims = jwt.decode(
+            assertion,
+            key.key,
+            algorithms=["RS256", "ES256", "PS256"],
+            audience=list(audiences),
+            issuer=client_id,
+            options={"require": ["exp", "jti", "iss", "sub", "aud"]},
+            leeway=5,
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidClient(f"the client assertion was refused: {type(exc).__name__}") from exc
+
+    expires_at = int(claims["exp"])
+    if expires_at - now > MAX_ASSERTION_LIFETIME:
+        raise InvalidClient(
+            f"the client assertion must expire within {MAX_ASSERTION_LIFETIME} seconds"
+        )
+    # RFC 7523 §3: "The authorization server MAY ensure that JWTs are not replayed by
+    # maintaining the set of used 'jti' values for the length of time for which the JWT
+    # would be considered valid based on the applicable 'exp' instant."
+    replay_key = digest(f"{client_id}\n{claims['jti']}")
+    if not store.create(ASSERTION_NAMESPACE, replay_key, {}, expires_at=expires_at + 5):
+        raise InvalidClient("the client assertion was already used")
+    return AuthenticatedClient(client_id, agent, "private_key_jwt")
+
+
+def _assertion_key(agent: Agent, header: Mapping[str, Any]) -> jwt.PyJWK:
+    if agent.jwks is None:
+        raise InvalidClient("the client has no JWKS registered in the fleet")
+    try:
+        keys = jwt.PyJWKSet.from_dict(dict(agent.jwks)).keys
+    except jwt.PyJWTError as exc:
+        raise InvalidClient("the client's registered JWKS is not usable") from exc
+    kid = header.get("kid")
+    matching = [key for key in keys if kid is None or key.key_id == kid]
+    if len(matching) != 1:
+        raise InvalidClient("no single key in the client's JWKS matches the assertion's kid")
+    return matching[0]

@@ -1,0 +1,173 @@
+"""RFC 8693 token exchange, with RFC 8707 resource indicators and issuance policy.
+
+An agent trades a token it holds for a narrower one: a person's sign-in token for a token
+on one resource, or any token of its own for a token addressed to another agent it hands
+work to. The new token's scopes are what the decision function grants the *requesting*
+agent for the subject, narrowed by what the person consented to; the requesting agent is
+recorded as the actor, nesting whatever chain the subject token carried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fleetid.server.audit import audit_event
+from fleetid.server.context import ServerContext
+from fleetid.server.errors import InvalidGrant, InvalidRequest, InvalidTarget
+from fleetid.server.issuance import (
+    Target,
+    TokenRequest,
+    issue_for_resource,
+    require_grant,
+    resolve_target,
+)
+from fleetid.server.revocation import is_revoked
+from fleetid.server.tokens import ACCESS_TOKEN_TYPE, VerifiedToken, agent_audience
+
+__all__ = ["GRANT_TYPE", "token_exchange"]
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+_SUBJECT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE})
+
+
+def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
+    revision, client, form, targets, now = (
+        request.revision,
+        request.client,
+        request.form,
+        request.targets,
+        request.now,
+    )
+    subject_token = form.get("subject_token")
+    if not subject_token:
+        raise InvalidRequest("subject_token is required")
+    if form.get("subject_token_type") not in _SUBJECT_TOKEN_TYPES:
+        raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
+    if "actor_token" in form:
+        raise InvalidRequest("actor_token is not supported: the authenticated client is the actor")
+    requested_type = form.get("requested_token_type")
+    if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
+        raise InvalidRequest(f"only {ACCESS_TOKEN_TYPE} can be issued")
+
+    subject = context.tokens.verify(subject_token, now=now)
+    if subject is None or is_revoked(context, subject.jti):
+        raise InvalidGrant("the subject_token is not a valid, unexpired token of this server")
+    _check_addressed_to(subject, client.client_id)
+
+    target = resolve_target(revision, targets)
+    if target is None:
+        raise InvalidTarget("name the resource with `resource` or `audience`")
+    act = _actor_chain(subject, client.client_id)
+
+    if target.agent is not None:
+        return _for_agent(context, request, subject, target, act)
+
+    assert target.resource is not None
+    grant_id = subject.claims.get("sid")
+    requested = tuple(form.get("scope", "").split())
+    if isinstance(grant_id, str):
+        grant = require_grant(context, grant_id)
+        consent = grant.consent.get(target.resource, ())
+        issued = issue_for_resource(
+            context,
+            revision,
+            grant_type=GRANT_TYPE,
+            client_id=client.client_id,
+            resource=target.resource,
+            scopes=requested or consent,
+            subject=grant.subject,
+            consent=consent,
+            grant=grant.id,
+            act=act,
+            now=now,
+        )
+    else:
+        issued = issue_for_resource(
+            context,
+            revision,
+            grant_type=GRANT_TYPE,
+            client_id=client.client_id,
+            resource=target.resource,
+            scopes=requested
+            or tuple(sorted(revision.agent_scopes.get((client.client_id, target.resource), ()))),
+            subject=None,
+            act=act,
+            subject_id=str(subject.claims["sub"]),
+            now=now,
+        )
+    return {
+        "access_token": issued.token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": issued.decision.lifetime,
+        "scope": " ".join(issued.decision.granted),
+    }
+
+
+def _check_addressed_to(subject: VerifiedToken, agent: str) -> None:
+    """The subject token must have been issued to the requesting agent, or for it."""
+    if subject.client_id == agent or subject.audience == agent_audience(agent):
+        return
+    raise InvalidGrant("the subject_token was issued to another agent")
+
+
+def _actor_chain(subject: VerifiedToken, agent: str) -> dict[str, Any] | None:
+    """RFC 8693 §4.1: the current actor outermost, earlier actors nested inside."""
+    previous = subject.claims.get("act")
+    if previous is None and subject.claims.get("sub") == agent:
+        # An agent exchanging its own machine token acts for nobody but itself.
+        return None
+    act: dict[str, Any] = {"sub": agent}
+    if isinstance(previous, Mapping):
+        act["act"] = dict(previous)
+    return act
+
+
+def _for_agent(
+    context: ServerContext,
+    request: TokenRequest,
+    subject: VerifiedToken,
+    target: Target,
+    act: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A token addressed to another agent: it carries who the subject is and the chain of
+    actors, and no resource scope; that agent exchanges it in turn, under its own list and
+    the person's consent."""
+    assert target.agent is not None
+    revision, client, now = request.revision, request.client, request.now
+    tenant = subject.claims.get("tenant")
+    if isinstance(tenant, str) and tenant not in revision.agent_tenants.get(target.agent, ()):
+        raise InvalidTarget(f"agent {target.agent} does not serve tenant {tenant}")
+    lifetime = min(revision.fleet.identity.tokens.access_token, max(subject.expires_at - now, 1))
+    grant = subject.claims.get("sid")
+    claims = context.tokens.access_claims(
+        subject=str(subject.claims["sub"]),
+        audience=target.audience,
+        client_id=client.client_id,
+        scopes=(),
+        issued_at=now,
+        lifetime=lifetime,
+        revision=revision.hash,
+        tenant=tenant if isinstance(tenant, str) else None,
+        grant=grant if isinstance(grant, str) else None,
+        act=act,
+    )
+    token = context.tokens.sign(claims)
+    context.audit.record(
+        audit_event(
+            time=context.clock(),
+            event="delegation_issued",
+            agent=client.client_id,
+            jti=claims["jti"],
+            act=act,
+            outcome=f"token for agent {target.agent}",
+        )
+    )
+    return {
+        "access_token": token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+    }

@@ -1,0 +1,146 @@
+"""`fleetid serve`: the identity server on one machine, with embedded state.
+
+Everything lives in the state folder (mode 0700): `store.sqlite3` (WAL), `keys.json` (the
+signing key ring, 0600, generated on first start), `clients.json` (the agents' client
+secrets, 0600, generated on first start and kept across restarts) and `audit.jsonl`.
+
+A watcher polls fleet.yaml and policies/ once a second. A change is compiled; a valid one
+is switched in whole (`LiveRevision`), an invalid one is refused with the validator's
+errors in the log while the running revision keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetid.fleet.compile import Revision, compile_sources
+from fleetid.fleet.load import FleetInvalid, read_sources
+from fleetid.keys import LocalKeyFile
+from fleetid.server.audit import JsonlAudit
+from fleetid.server.clients import LocalClientSecrets
+from fleetid.server.context import Endpoints, LiveRevision, ServerContext
+from fleetid.server.signin import DevUserSignIn
+from fleetid.server.tokens import TokenService
+from fleetid.store import SQLiteStore
+
+__all__ = ["LocalState", "RevisionWatcher", "open_local"]
+
+logger = logging.getLogger("fleetid.serve")
+
+
+@dataclass(frozen=True)
+class LocalState:
+    folder: Path
+
+    @property
+    def store(self) -> Path:
+        return self.folder / "store.sqlite3"
+
+    @property
+    def keys(self) -> Path:
+        return self.folder / "keys.json"
+
+    @property
+    def clients(self) -> Path:
+        return self.folder / "clients.json"
+
+    @property
+    def audit(self) -> Path:
+        return self.folder / "audit.jsonl"
+
+    def create(self) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerContext:
+    """A server context on the state folder, for the fleet as it is now."""
+    revision = compile_sources(read_sources(fleet))
+    state.create()
+    secrets = LocalClientSecrets(state.clients)
+    secrets.ensure(sorted(revision.fleet.agents))
+    keys = LocalKeyFile(state.keys, algorithm=revision.fleet.identity.signing.algorithm)
+    return ServerContext(
+        endpoints=Endpoints(issuer.rstrip("/")),
+        live=LiveRevision(revision),
+        store=SQLiteStore(state.store),
+        tokens=TokenService(keys, issuer.rstrip("/")),
+        secrets=secrets,
+        audit=JsonlAudit(state.audit),
+        signin=DevUserSignIn(),
+    )
+
+
+def _fingerprint(fleet: Path) -> tuple[tuple[str, int, int], ...]:
+    paths = [fleet]
+    folder = fleet.parent / "policies"
+    if folder.is_dir():
+        paths += sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    marks = []
+    for path in paths:
+        try:
+            status = path.stat()
+        except OSError:
+            continue
+        marks.append((str(path), status.st_mtime_ns, status.st_size))
+    return tuple(marks)
+
+
+class RevisionWatcher:
+    """Recompiles the fleet when its files change, and switches the live revision."""
+
+    def __init__(
+        self,
+        fleet: str | Path,
+        context: ServerContext,
+        *,
+        interval: float = 1.0,
+        on_switch: Callable[[Revision], None] | None = None,
+    ) -> None:
+        self.fleet = Path(fleet)
+        self.context = context
+        self.interval = interval
+        self.on_switch = on_switch
+        self._seen = _fingerprint(self.fleet)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetid-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()
+
+    def check(self) -> bool:
+        """Reload if the files changed; True when a new revision went live."""
+        current = _fingerprint(self.fleet)
+        if current == self._seen:
+            return False
+        self._seen = current
+        try:
+            revision = compile_sources(read_sources(self.fleet))
+        except FleetInvalid as invalid:
+            live = self.context.live.get()
+            logger.warning(
+                "the edited fleet is invalid; revision %s keeps serving:\n%s",
+                live.short,
+                "\n".join(problem.format() for problem in invalid.problems),
+            )
+            return False
+        except Exception:
+            logger.exception("reloading the fleet failed; the running revision keeps serving")
+            return False
+        if self.on_switch is not None:
+            self.on_switch(revision)
+        switched = self.context.live.switch(revision)
+        if switched:
+            logger.info("revision %s is live", revision.short)
+        return switched

@@ -1,0 +1,62 @@
+"""RFC 7009 token revocation.
+
+A refresh token revokes its whole sign-in (RFC 7009 §2.1: the server "SHOULD also
+invalidate all access tokens based on the same authorization grant"); an access token is
+remembered as revoked until it expires. Resource servers that check JWTs on their own see
+a revocation only through introspection; the short lifetimes bound the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fleetid.server.audit import audit_event
+from fleetid.server.clients import AuthenticatedClient
+from fleetid.server.context import ServerContext
+from fleetid.server.errors import InvalidRequest, UnsupportedTokenType
+from fleetid.server.grants.delegated import REFRESH_NAMESPACE
+from fleetid.server.issuance import revoke_grant
+from fleetid.server.tokens import digest
+
+__all__ = ["REVOKED_NAMESPACE", "is_revoked", "revoke"]
+
+REVOKED_NAMESPACE = "revoked"
+_HINTS = frozenset({"access_token", "refresh_token"})
+
+
+def is_revoked(context: ServerContext, jti: str) -> bool:
+    return context.store.get(REVOKED_NAMESPACE, jti) is not None
+
+
+def revoke(context: ServerContext, client: AuthenticatedClient, form: Mapping[str, str]) -> None:
+    token = form.get("token")
+    if not token:
+        raise InvalidRequest("token is required")
+    hint = form.get("token_type_hint")
+    if hint is not None and hint not in _HINTS:
+        raise UnsupportedTokenType("token_type_hint must be access_token or refresh_token")
+    now = context.clock()
+
+    refresh = context.store.get(REFRESH_NAMESPACE, digest(token))
+    if refresh is not None:
+        if refresh.value["client_id"] != client.client_id:
+            # RFC 7009 §2.1: the server verifies "whether the token was issued to the client
+            # making the revocation request"; answering as for an unknown token reveals
+            # nothing about other clients' tokens.
+            return
+        revoke_grant(context, str(refresh.value["grant"]))
+        _audit(context, client.client_id, "refresh token: its sign-in is revoked")
+        return
+
+    verified = context.tokens.verify(token, now=now)
+    if verified is None or verified.client_id != client.client_id:
+        # RFC 7009 §2.2: "invalid tokens do not cause an error response".
+        return
+    context.store.create(REVOKED_NAMESPACE, verified.jti, {}, expires_at=verified.expires_at + 60)
+    _audit(context, client.client_id, "access token revoked", verified.jti)
+
+
+def _audit(context: ServerContext, agent: str, outcome: str, jti: str | None = None) -> None:
+    context.audit.record(
+        audit_event(time=context.clock(), event="revoked", agent=agent, jti=jti, outcome=outcome)
+    )
