@@ -1,0 +1,96 @@
+"""The key-custody contract, and `encode_jwt`, which signs tokens through any custody.
+
+fleetid keeps its signing keys in one of three custodies: a local key file, a private key
+wrapped by AWS KMS and held in memory, or a KMS key that signs each token itself. The server
+sees only `KeyCustody`: it asks for a signature over the JWS signing input and for the JWKS,
+and never handles a private key. That is what lets one `encode_jwt` serve all three.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeAlias
+
+from fleetid.keys.algorithms import Algorithm
+from fleetid.keys.errors import SigningKeyChanged
+from fleetid.keys.jwk import base64url_encode
+from fleetid.keys.ring import JsonWebKeySet
+
+__all__ = ["Clock", "KeyCustody", "Signature", "encode_jwt"]
+
+Clock: TypeAlias = Callable[[], float]
+"""Unix time in seconds; `time.time` outside tests."""
+
+# A rotation between choosing the header and signing changes the active key; trying once more
+# with the new key is enough, since rotations are hours apart.
+SIGNING_ATTEMPTS = 2
+
+
+class Signature(NamedTuple):
+    """A raw JWS signature and the key that made it."""
+
+    kid: str
+    alg: Algorithm
+    value: bytes
+
+
+class KeyCustody(ABC):
+    """Where the signing keys live, and the only thing allowed to use them."""
+
+    @abstractmethod
+    def active_key(self) -> tuple[str, Algorithm]:
+        """The kid and alg of the key that signs now.
+
+        The JWS header names the key and is itself covered by the signature (RFC 7515 §5.1),
+        so the signer must know both before it builds the signing input.
+        """
+
+    @abstractmethod
+    def sign(self, signing_input: bytes) -> Signature:
+        """Sign `signing_input` with the active key.
+
+        The signature is the JWS Signature octets (RFC 7518 §3): RSASSA-PKCS1-v1_5 with
+        SHA-256 for RS256, and R || S, 64 octets, for ES256.
+        """
+
+    @abstractmethod
+    def jwks(self) -> JsonWebKeySet:
+        """The public keys of the next, active and unretired previous keys, as a JWK Set."""
+
+    @abstractmethod
+    def rotate(self, *, max_token_lifetime: int) -> None:
+        """Make the next key active, retire the active one, and publish a fresh next key.
+
+        The retired key stays in the JWKS for `max_token_lifetime` seconds, which must cover
+        the longest-lived token it signed plus any leeway verifiers allow on `exp`. Rotate no
+        more often than resource servers refresh their cached JWKS, so that each next key has
+        been fetched before it signs.
+        """
+
+
+def encode_jwt(custody: KeyCustody, claims: Mapping[str, Any], *, typ: str = "at+jwt") -> str:
+    """Sign `claims` as a compact JWS (RFC 7515 §7.1) with the custody's active key.
+
+    RFC 9068 §2.1: for a JWT access token 'the "typ" value used SHOULD be "at+jwt"'.
+    """
+    payload = base64url_encode(_compact_json(claims))
+
+    for _ in range(SIGNING_ATTEMPTS):
+        kid, alg = custody.active_key()
+        header = base64url_encode(_compact_json({"alg": alg, "kid": kid, "typ": typ}))
+        signing_input = f"{header}.{payload}"
+
+        signature = custody.sign(signing_input.encode("ascii"))
+        if (signature.kid, signature.alg) == (kid, alg):
+            return f"{signing_input}.{base64url_encode(signature.value)}"
+
+    raise SigningKeyChanged()
+
+
+def _compact_json(value: Mapping[str, Any]) -> bytes:
+    # RFC 7519 §7.1 signs the UTF-8 octets of the JSON; NaN and Infinity are not JSON at all.
+    text = json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    return text.encode("utf-8")
