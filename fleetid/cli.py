@@ -13,20 +13,24 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from fleetid.fleet.compile import Revision, compile_sources
-from fleetid.fleet.load import FleetInvalid, read_sources
+from fleetid.fleet.diff import diff_json, diff_revisions, render_markdown, render_text
+from fleetid.fleet.load import FleetInvalid, FleetSources, git_sources, read_sources
 from fleetid.fleet.model import parse_duration
 from fleetid.fleet.source import Problem
 from fleetid.policy.decide import AccessRequest, Subject, decide
 from fleetid.policy.explain import decision_json, explain_text
-from fleetid.server.clients import LocalClientSecrets
+
+if TYPE_CHECKING:
+    from fleetid.server.clients import LocalClientSecrets
 
 __all__ = ["main"]
 
@@ -157,6 +161,79 @@ def _subject(
 
 
 @cli.command()
+@click.argument("sides", nargs=-1, metavar="[BASE HEAD]")
+@click.option(
+    "--base",
+    "base_revision",
+    metavar="REV",
+    help="compare the git revision REV with the working tree's fleet",
+)
+@_FLEET
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "markdown", "json"]),
+    default="text",
+    help="markdown is a pull-request comment",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["widens"]),
+    help="exit with status 3 when the change widens access",
+)
+def diff(
+    sides: tuple[str, ...],
+    base_revision: str | None,
+    fleet: str,
+    output_format: str,
+    fail_on: str | None,
+) -> None:
+    """Say who gains and who loses which access between two fleets.
+
+    BASE and HEAD are each a fleet file, or a git revision whose FLEET and policies/ are
+    read. `--base REV` compares REV with the working tree, as in `--base origin/main`.
+    """
+    readers: list[Callable[[], FleetSources]]
+    if base_revision is not None:
+        if sides:
+            raise click.UsageError("give BASE and HEAD, or --base, not both")
+        readers = [lambda: git_sources(base_revision, fleet), lambda: read_sources(fleet)]
+    elif len(sides) == 2:
+        readers = [partial(_diff_side, side, fleet) for side in sides]
+    else:
+        raise click.UsageError("give BASE and HEAD, or --base REV")
+
+    # Both sides are checked before failing, so that one run shows every problem.
+    problems: list[Problem] = []
+    revisions: list[Revision] = []
+    for read in readers:
+        try:
+            revisions.append(compile_sources(read()))
+        except FleetInvalid as invalid:
+            problems.extend(invalid.problems)
+    if problems:
+        _report(problems, output_format)
+        raise _Failed("", EXIT_INVALID)
+
+    result = diff_revisions(revisions[0], revisions[1])
+    if output_format == "json":
+        click.echo(json.dumps(diff_json(result), indent=2))
+    elif output_format == "markdown":
+        click.echo(render_markdown(result), nl=False)
+    else:
+        click.echo(render_text(result), nl=False)
+    if fail_on == "widens" and result.widens:
+        raise _Failed("the change widens access", EXIT_WIDENS)
+
+
+def _diff_side(side: str, fleet: str) -> FleetSources:
+    """An existing file is read as it is; anything else is a git revision."""
+    if Path(side).is_file():
+        return read_sources(side)
+    return git_sources(side, fleet)
+
+
+@cli.command()
 @click.argument("kind", type=click.Choice(["fleet", "policy"]), default="fleet")
 @click.option("--write", is_flag=True, help="rewrite the shipped schema files")
 def schema(kind: str, write: bool) -> None:
@@ -197,6 +274,7 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     import uvicorn
 
     from fleetid.server.app import create_app
+    from fleetid.server.clients import LocalClientSecrets
     from fleetid.server.local import LocalState, RevisionWatcher, open_local
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -235,6 +313,9 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
 
 
 def _local_secrets(state: str) -> LocalClientSecrets:
+    # Imported here: the server's modules pull in boto3, which `validate` does not need.
+    from fleetid.server.clients import LocalClientSecrets
+
     path = Path(state) / "clients.json"
     if not path.is_file():
         raise _Failed(f"no client secrets in {state}; start `fleetid serve` once first")

@@ -36,8 +36,17 @@ __all__ = ["CompiledRule", "Revision", "canonical_json", "compile_fleet", "compi
 Effect = Literal["deny", "require_approval", "cap_lifetime"]
 SubjectKind = Literal["any", "user", "machine"]
 
-# Lists whose order means something; every other list of plain values is a set.
-_ORDERED_LISTS = frozenset({"entry_point"})
+_ENTRY_POINT = ("agentcore", "artifact", "code", "entry_point")
+
+
+def _ordered(path: tuple[str, ...]) -> bool:
+    """A list whose order means something: an agent's command line."""
+    return len(path) == 6 and path[0] == "agents" and path[2:] == _ENTRY_POINT
+
+
+def _opaque(path: tuple[str, ...]) -> bool:
+    """A value kept exactly as written: an agent's JWK Set, whose `x5c` chain is ordered."""
+    return len(path) == 3 and path[0] == "agents" and path[2] == "jwks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +140,16 @@ class Revision:
         }
 
 
-def _canonical(value: Any, key: str | None = None) -> Any:
+def _canonical(value: Any, path: tuple[str, ...] = ()) -> Any:
+    # Decided by position in the document, never by a key's name alone: the names of
+    # resources, scopes and groups are the user's.
+    if _opaque(path):
+        return value
     if isinstance(value, dict):
-        return {name: _canonical(child, name) for name, child in value.items()}
+        return {name: _canonical(child, (*path, name)) for name, child in value.items()}
     if isinstance(value, list):
-        items = [_canonical(child) for child in value]
-        if key in _ORDERED_LISTS or not all(isinstance(item, str) for item in items):
+        items = [_canonical(child, (*path, "*")) for child in value]
+        if _ordered(path) or not all(isinstance(item, str) for item in items):
             return items
         return sorted(set(items))
     return value
@@ -148,7 +161,10 @@ def canonical_json(fleet: Fleet, policies: Mapping[str, PolicyFile]) -> str:
         (rule.model_dump(mode="json") for policy in policies.values() for rule in policy.rules),
         key=lambda rule: str(rule["id"]),
     )
-    document = {"fleet": _canonical(fleet.model_dump(mode="json")), "rules": _canonical(rules)}
+    document = {
+        "fleet": _canonical(fleet.model_dump(mode="json")),
+        "rules": [_canonical(rule, ("rules",)) for rule in rules],
+    }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -24,8 +24,26 @@ SCHEMA_FILES: dict[Kind, str] = {"fleet": "fleet.schema.json", "policy": "policy
 _MODELS: dict[Kind, type[BaseModel]] = {"fleet": Fleet, "policy": PolicyFile}
 
 
+def _close_pattern_maps(node: Any) -> None:
+    """Pydantic renders a mapping with pattern-constrained keys as `patternProperties`,
+    which lets any other key through unchecked; say instead that every key must match."""
+    if isinstance(node, dict):
+        patterns = node.get("patternProperties")
+        if isinstance(patterns, dict) and len(patterns) == 1:
+            ((pattern, value),) = patterns.items()
+            del node["patternProperties"]
+            node["additionalProperties"] = value
+            node.setdefault("propertyNames", {})["pattern"] = pattern
+        for child in node.values():
+            _close_pattern_maps(child)
+    elif isinstance(node, list):
+        for child in node:
+            _close_pattern_maps(child)
+
+
 def generate(kind: Kind) -> dict[str, Any]:
     schema = _MODELS[kind].model_json_schema(mode="validation")
+    _close_pattern_maps(schema)
     return {"$schema": DIALECT, **schema}
 
 

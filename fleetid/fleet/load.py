@@ -37,7 +37,7 @@ from fleetid.fleet.model import (
     Role,
     Tenant,
 )
-from fleetid.fleet.semantics import Known, check_fleet, check_policies
+from fleetid.fleet.semantics import ANY_NAME, Known, check_fleet, check_policies
 from fleetid.fleet.source import Document, Problem, escape_pointer, parse_yaml
 
 __all__ = [
@@ -149,7 +149,9 @@ def load(sources: FleetSources) -> LoadedFleet:
     fleet_document, found = parse_yaml(sources.fleet_name, sources.fleet)
     problems.extend(found)
     fleet = None
-    if not found:
+    # A duplicate key leaves the rest of the file readable; only a file that could not be
+    # built at all skips the later passes.
+    if fleet_document.data is not None:
         fleet = _validate(Fleet, fleet_document, problems)
 
     policy_documents: dict[str, Document] = {}
@@ -157,7 +159,7 @@ def load(sources: FleetSources) -> LoadedFleet:
     for name, content in sources.policies.items():
         document, found = parse_yaml(name, content)
         problems.extend(found)
-        if found:
+        if document.data is None:
             continue
         policy_documents[name] = document
         policy = _validate(PolicyFile, document, problems)
@@ -198,7 +200,11 @@ def _partial_fleet(data: Any) -> tuple[Fleet | None, Known | None]:
         entries = data.get(section)
         sections[section] = {}
         broken[section] = set()
-        if not isinstance(entries, dict):
+        if entries is not None and not isinstance(entries, dict):
+            # The section's names cannot be read at all: nothing refers to an unknown one.
+            broken[section].add(ANY_NAME)
+            continue
+        if entries is None:
             continue
         for name, entry in entries.items():
             try:
@@ -233,7 +239,15 @@ def _validate(model: type[Model], document: Document, problems: list[Problem]) -
     try:
         return model.model_validate(document.data)
     except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
+        errors = exc.errors(include_input=False, include_url=False)
+        inner = {error["loc"][:-1] for error in errors if error["type"] != "too_short"}
+        for error in errors:
+            # Pydantic counts only the valid items of a tuple; a list whose one item is
+            # wrong is not also "empty".
+            if error["type"] == "too_short" and any(
+                loc[: len(error["loc"])] == error["loc"] for loc in inner
+            ):
+                continue
             pointer, message = _describe(error, document.data)
             problems.append(document.problem(pointer, message))
         return None
@@ -258,13 +272,16 @@ def _describe(error: ErrorDetails, data: Any) -> tuple[str, str]:
         return pointer, f"not a valid value: {_pattern_words(context)}"
     if kind == "literal_error":
         return pointer, f"must be {context.get('expected', 'one of the allowed values')}"
-    if kind == "union_tag_invalid":
-        return pointer, (
-            f"`{context.get('discriminator', 'kind')}` must be one of "
-            f"{context.get('expected_tags', '')}"
+    if kind in {"union_tag_invalid", "union_tag_not_found"}:
+        discriminator = str(context.get("discriminator", "kind")).strip("'")
+        if kind == "union_tag_not_found":
+            return pointer, f"`{discriminator}` is required"
+        return f"{pointer}/{escape_pointer(discriminator)}", (
+            f"`{discriminator}` must be one of {context.get('expected_tags', '')}"
         )
-    if kind == "union_tag_not_found":
-        return pointer, f"`{str(context.get('discriminator', 'kind')).strip(chr(39))}` is required"
+    if kind == "too_short":
+        least = context.get("min_length", 1)
+        return pointer, "must not be empty" if least == 1 else f"needs at least {least} items"
     if kind == "dict_type":
         return pointer, "must be a mapping"
     if kind == "list_type":

@@ -5,10 +5,12 @@ These pydantic models are the one definition of the format. The JSON Schema ship
 checks against and the validator that `fleetid validate` runs cannot drift apart; a test
 holds the committed files to the generated ones.
 
-Every model forbids unknown keys and is frozen. Collections of named things are mappings
-keyed by their identifier, so that two entries can never share a name and so that the
-order they are written in carries no meaning. Lists hold sets (scopes, roles, tenants);
-`fleetid.fleet.compile` sorts them before hashing.
+Every model forbids unknown keys and is frozen all the way down: mappings are read-only
+views and lists are tuples, so a compiled revision cannot be changed after its hash was
+taken. Collections of named things are mappings keyed by their identifier, so that two
+entries can never share a name and so that the order they are written in carries no
+meaning. Lists hold sets (scopes, roles, tenants); `fleetid.fleet.compile` sorts them
+before hashing.
 
 What the schema can check alone is checked here; what needs the whole file (a role that
 must exist, a scope the resource must define) is checked in `fleetid.fleet.semantics`.
@@ -17,15 +19,20 @@ must exist, a scope the resource must define) is checked in `fleetid.fleet.seman
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
+    WrapSerializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -59,6 +66,49 @@ __all__ = [
     "Tenant",
     "TokenLifetimes",
     "parse_duration",
+    "thaw_json",
+]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _freeze(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(value))
+
+
+def _thaw(value: Mapping[Any, Any], handler: SerializerFunctionWrapHandler) -> Any:
+    return handler(dict(value))
+
+
+def _empty_map() -> Mapping[Any, Any]:
+    return MappingProxyType({})
+
+
+FrozenMap = Annotated[Mapping[K, V], AfterValidator(_freeze), WrapSerializer(_thaw)]
+
+
+def _freeze_json(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _freeze_json(child) for key, child in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze_json(child) for child in value)
+    return value
+
+
+def thaw_json(value: Any) -> Any:
+    """Plain dicts and lists again, for libraries that insist on them."""
+    if isinstance(value, Mapping):
+        return {key: thaw_json(child) for key, child in value.items()}
+    if isinstance(value, tuple):
+        return [thaw_json(child) for child in value]
+    return value
+
+
+FrozenJson = Annotated[
+    Mapping[str, Any],
+    AfterValidator(_freeze_json),
+    WrapSerializer(lambda value, handler: handler(thaw_json(value))),
 ]
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"
@@ -85,9 +135,11 @@ def parse_duration(value: Any) -> Any:
     Anything else is passed on unchanged, for the schema to reject with its own message.
     """
     if isinstance(value, bool):
-        return value
+        raise PydanticCustomError(
+            "duration", "a duration is a number of seconds, not true or false"
+        )
     if isinstance(value, str):
-        match = _DURATION.match(value.strip())
+        match = _DURATION.match(value)
         if match is None:
             raise PydanticCustomError(
                 "duration",
@@ -185,8 +237,8 @@ class Identity(_Strict):
         default=None,
         description="the deployed issuer URL; when absent it is the server's own URL",
     )
-    tokens: TokenLifetimes = TokenLifetimes()
-    signing: Signing = Signing()
+    tokens: TokenLifetimes = Field(default_factory=TokenLifetimes)
+    signing: Signing = Field(default_factory=Signing)
 
 
 class Sso(_Strict):
@@ -195,17 +247,17 @@ class Sso(_Strict):
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=500)]
     client_secret: Secret
     groups_claim: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "groups"
-    scopes: list[ScopeName] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    scopes: tuple[ScopeName, ...] = ("openid", "email", "profile")
 
 
 class Tenant(_Strict):
     display_name: Text | None = None
     sso: Sso | None = None
-    groups: dict[Annotated[str, StringConstraints(min_length=1, max_length=500)], list[Name]] = (
-        Field(
-            default_factory=dict,
-            description="IdP group name, as the tenant's IdP spells it, to the roles it maps to",
-        )
+    groups: FrozenMap[
+        Annotated[str, StringConstraints(min_length=1, max_length=500)], tuple[Name, ...]
+    ] = Field(
+        default_factory=_empty_map,
+        description="IdP group name, as the tenant's IdP spells it, to the roles it maps to",
     )
 
 
@@ -215,7 +267,7 @@ class Role(_Strict):
 
 class Scope(_Strict):
     description: Text
-    roles: list[Name] = Field(min_length=1, description="roles allowed to hold this scope")
+    roles: tuple[Name, ...] = Field(min_length=1, description="roles allowed to hold this scope")
     requires_approval: bool = Field(
         default=False, description="a person must approve each grant of this scope"
     )
@@ -229,17 +281,23 @@ class Resource(_Strict):
     identifier: Url = Field(description="absolute URL; becomes the token audience (RFC 8707)")
     description: Text | None = None
     signing_algorithm: Literal["RS256", "ES256"] | None = None
-    scopes: dict[ScopeName, Scope] = Field(min_length=1)
+    scopes: FrozenMap[ScopeName, Scope] = Field(min_length=1)
 
 
 class AgentCoreCode(_Strict):
     bucket: Annotated[str, StringConstraints(min_length=3, max_length=63)]
     prefix: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-    entry_point: list[Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+    entry_point: tuple[Annotated[str, StringConstraints(min_length=1)], ...] = Field(min_length=1)
     runtime: Annotated[str, StringConstraints(pattern=r"^PYTHON_3_[0-9]+$")] = "PYTHON_3_12"
 
 
 class AgentCoreArtifact(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"oneOf": [{"required": ["container_uri"]}, {"required": ["code"]}]},
+    )
+
     container_uri: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     code: AgentCoreCode | None = None
 
@@ -254,11 +312,11 @@ class AgentCoreArtifact(_Strict):
 
 class AgentCoreNetwork(_Strict):
     mode: Literal["PUBLIC", "VPC"] = "PUBLIC"
-    subnets: list[Annotated[str, StringConstraints(pattern=r"^subnet-[0-9a-f]+$")]] = Field(
-        default_factory=list
+    subnets: tuple[Annotated[str, StringConstraints(pattern=r"^subnet-[0-9a-f]+$")], ...] = Field(
+        default=()
     )
-    security_groups: list[Annotated[str, StringConstraints(pattern=r"^sg-[0-9a-f]+$")]] = Field(
-        default_factory=list
+    security_groups: tuple[Annotated[str, StringConstraints(pattern=r"^sg-[0-9a-f]+$")], ...] = (
+        Field(default=())
     )
 
     @model_validator(mode="after")
@@ -276,35 +334,35 @@ class AgentCoreNetwork(_Strict):
 
 class AgentCoreSettings(_Strict):
     artifact: AgentCoreArtifact
-    network: AgentCoreNetwork = AgentCoreNetwork()
+    network: AgentCoreNetwork = Field(default_factory=AgentCoreNetwork)
     protocol: Literal["HTTP", "MCP", "A2A"] = "HTTP"
-    environment: dict[
+    environment: FrozenMap[
         Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
         Annotated[str, StringConstraints(max_length=4000)],
-    ] = Field(default_factory=dict, description="plain settings; secrets never go here")
+    ] = Field(default_factory=_empty_map, description="plain settings; secrets never go here")
 
 
 class Agent(_Strict):
     runtime: Literal["agentcore", "vertex", "foundry", "langgraph", "external"]
     description: Text
-    tags: list[Name] = Field(default_factory=list)
-    scopes: dict[Name, list[ScopeName]] = Field(
-        default_factory=dict,
+    tags: tuple[Name, ...] = Field(default=())
+    scopes: FrozenMap[Name, tuple[ScopeName, ...]] = Field(
+        default_factory=_empty_map,
         description="per resource, every scope this agent may ever request",
     )
-    connections: list[Name] = Field(default_factory=list)
-    roles: list[Name] = Field(
-        default_factory=list,
+    connections: tuple[Name, ...] = Field(default=())
+    roles: tuple[Name, ...] = Field(
+        default=(),
         description="the agent's own roles, used when it acts as itself (client credentials)",
     )
-    redirect_uris: list[Url] = Field(default_factory=list)
-    tenants: list[Name] = Field(
-        default_factory=list, description="tenants whose users may sign in to this agent"
+    redirect_uris: tuple[Url, ...] = Field(default=())
+    tenants: tuple[Name, ...] = Field(
+        default=(), description="tenants whose users may sign in to this agent"
     )
     token_endpoint_auth_method: Literal[
         "client_secret_basic", "client_secret_post", "private_key_jwt"
     ] = "client_secret_basic"
-    jwks: dict[str, Any] | None = Field(
+    jwks: FrozenJson | None = Field(
         default=None,
         description="the public keys a private_key_jwt agent signs with, as a JWK Set",
     )
@@ -323,11 +381,22 @@ class GatewayTarget(_Strict):
 
 class Gateway(_Strict):
     description: Text | None = None
-    agents: list[Name] = Field(min_length=1, description="agents that may call this gateway")
-    targets: dict[Name, GatewayTarget] = Field(min_length=1)
+    agents: tuple[Name, ...] = Field(min_length=1, description="agents that may call this gateway")
+    targets: FrozenMap[Name, GatewayTarget] = Field(min_length=1)
 
 
 class OAuthProvider(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["discovery_url"]},
+                {"required": ["authorization_endpoint", "token_endpoint"]},
+            ]
+        },
+    )
+
     discovery_url: Url | None = None
     authorization_endpoint: Url | None = None
     token_endpoint: Url | None = None
@@ -346,9 +415,11 @@ class OAuthProvider(_Strict):
 
 
 class ConnectionUsers(_Strict):
-    agents: list[Name] | None = Field(default=None, description="absent: any agent listing it")
-    roles: list[Name] | None = Field(default=None, description="absent: any role")
-    tenants: list[Name] | None = Field(default=None, description="absent: any tenant")
+    agents: tuple[Name, ...] | None = Field(
+        default=None, description="absent: any agent listing it"
+    )
+    roles: tuple[Name, ...] | None = Field(default=None, description="absent: any role")
+    tenants: tuple[Name, ...] | None = Field(default=None, description="absent: any tenant")
 
 
 class OAuthConnection(_Strict):
@@ -357,9 +428,9 @@ class OAuthConnection(_Strict):
     provider: OAuthProvider
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=500)]
     client_secret: Secret
-    scopes: list[ScopeName] = Field(min_length=1)
+    scopes: tuple[ScopeName, ...] = Field(min_length=1)
     pkce: bool = True
-    allowed: ConnectionUsers = ConnectionUsers()
+    allowed: ConnectionUsers = Field(default_factory=ConnectionUsers)
 
 
 class ApiKeyConnection(_Strict):
@@ -368,7 +439,7 @@ class ApiKeyConnection(_Strict):
     header: Header = "Authorization"
     prefix: Annotated[str, StringConstraints(max_length=50)] = ""
     key: Secret
-    allowed: ConnectionUsers = ConnectionUsers()
+    allowed: ConnectionUsers = Field(default_factory=ConnectionUsers)
 
 
 Connection = Annotated[OAuthConnection | ApiKeyConnection, Field(discriminator="kind")]
@@ -379,11 +450,11 @@ class Registration(_Strict):
         default=False, description="accept clients identified by a metadata document URL"
     )
     dynamic_client_registration: bool = Field(default=False, description="RFC 7591")
-    resources: dict[Name, list[ScopeName]] = Field(
-        default_factory=dict,
+    resources: FrozenMap[Name, tuple[ScopeName, ...]] = Field(
+        default_factory=_empty_map,
         description="per resource, the scopes a self-registered client may ever request",
     )
-    tenants: list[Name] | None = Field(
+    tenants: tuple[Name, ...] | None = Field(
         default=None, description="tenants whose users may use such clients; absent: all"
     )
     max_lifetime: Duration | None = None
@@ -393,8 +464,8 @@ class DevUser(_Strict):
     name: Text
     email: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
     tenant: Name
-    groups: list[Annotated[str, StringConstraints(min_length=1, max_length=500)]] = Field(
-        default_factory=list
+    groups: tuple[Annotated[str, StringConstraints(min_length=1, max_length=500)], ...] = Field(
+        default=()
     )
 
 
@@ -410,15 +481,15 @@ class Fleet(_Strict):
 
     version: Literal[1]
     identity: Identity
-    tenants: dict[Name, Tenant] = Field(default_factory=dict)
-    roles: dict[Name, Role] = Field(default_factory=dict)
-    resources: dict[Name, Resource] = Field(default_factory=dict)
-    agents: dict[Name, Agent] = Field(default_factory=dict)
-    gateways: dict[Name, Gateway] = Field(default_factory=dict)
-    connections: dict[Name, Connection] = Field(default_factory=dict)
-    registration: Registration = Registration()
-    dev_users: dict[Name, DevUser] = Field(
-        default_factory=dict, description="people `fleetid serve` lets you sign in as"
+    tenants: FrozenMap[Name, Tenant] = Field(default_factory=_empty_map)
+    roles: FrozenMap[Name, Role] = Field(default_factory=_empty_map)
+    resources: FrozenMap[Name, Resource] = Field(default_factory=_empty_map)
+    agents: FrozenMap[Name, Agent] = Field(default_factory=_empty_map)
+    gateways: FrozenMap[Name, Gateway] = Field(default_factory=_empty_map)
+    connections: FrozenMap[Name, Connection] = Field(default_factory=_empty_map)
+    registration: Registration = Field(default_factory=Registration)
+    dev_users: FrozenMap[Name, DevUser] = Field(
+        default_factory=_empty_map, description="people `fleetid serve` lets you sign in as"
     )
 
 
@@ -429,15 +500,15 @@ class PolicyMatch(_Strict):
     """Which requests a rule applies to; every selector given must match, an absent one
     matches anything."""
 
-    resources: list[Name] | None = None
-    scopes: list[Pattern] | None = Field(
+    resources: tuple[Name, ...] | None = None
+    scopes: tuple[Pattern, ...] | None = Field(
         default=None, description="scope names or shell-style patterns such as `crm:*`"
     )
-    agents: list[Pattern] | None = Field(
+    agents: tuple[Pattern, ...] | None = Field(
         default=None, description="agent names or shell-style patterns such as `support-*`"
     )
-    tenants: list[Name] | None = None
-    roles: list[Name] | None = Field(
+    tenants: tuple[Name, ...] | None = None
+    roles: tuple[Name, ...] | None = Field(
         default=None, description="matches when the subject holds any of these roles"
     )
     subject: Literal["any", "user", "machine"] = Field(
@@ -448,7 +519,7 @@ class PolicyMatch(_Strict):
 class _RuleBase(_Strict):
     id: Name
     description: Text
-    match: PolicyMatch = PolicyMatch()
+    match: PolicyMatch = Field(default_factory=PolicyMatch)
 
 
 class DenyRule(_RuleBase):
@@ -478,4 +549,4 @@ class PolicyFile(_Strict):
     )
 
     version: Literal[1]
-    rules: list[PolicyRule] = Field(min_length=1)
+    rules: tuple[PolicyRule, ...] = Field(min_length=1)

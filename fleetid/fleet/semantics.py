@@ -50,6 +50,17 @@ def _normal_url(value: str) -> str:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}?{parts.query}"
 
 
+# Stands for every name of a section that could not be read as a mapping at all.
+ANY_NAME = "*"
+
+
+class _Names(set[str]):
+    """A section's names; with ANY_NAME among them, every name counts as known."""
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(ANY_NAME) or super().__contains__(name)
+
+
 class Known:
     """The names each section of a fleet defines, counting entries that failed the schema
     (they exist, they are just wrong), so that one bad entry does not also make every
@@ -57,11 +68,12 @@ class Known:
 
     def __init__(self, fleet: Fleet, broken: Mapping[str, Iterable[str]] | None = None) -> None:
         broken = broken or {}
-        self.tenants = set(fleet.tenants) | set(broken.get("tenants", ()))
-        self.roles = set(fleet.roles) | set(broken.get("roles", ()))
-        self.resources = set(fleet.resources) | set(broken.get("resources", ()))
-        self.agents = set(fleet.agents) | set(broken.get("agents", ()))
-        self.connections = set(fleet.connections) | set(broken.get("connections", ()))
+        self.tenants = _Names([*fleet.tenants, *broken.get("tenants", ())])
+        self.roles = _Names([*fleet.roles, *broken.get("roles", ())])
+        self.resources = _Names([*fleet.resources, *broken.get("resources", ())])
+        self.agents = _Names([*fleet.agents, *broken.get("agents", ())])
+        self.connections = _Names([*fleet.connections, *broken.get("connections", ())])
+        self.broken_resources = bool(set(broken.get("resources", ())))
 
 
 def _unknown(
@@ -186,11 +198,11 @@ _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 def _check_jwks(jwks: Mapping[str, object], pointer: tuple[str, ...]) -> Iterator[Finding]:
     keys = jwks.get("keys")
-    if not isinstance(keys, list) or not keys:
+    if not isinstance(keys, list | tuple) or not keys:
         yield join_pointer(*pointer), "a JWK Set has a non-empty `keys` list"
         return
     for index, key in enumerate(keys):
-        if not isinstance(key, dict) or key.get("kty") not in {"RSA", "EC"}:
+        if not isinstance(key, Mapping) or key.get("kty") not in {"RSA", "EC"}:
             yield join_pointer(*pointer, "keys", index), "each key is an RSA or EC public JWK"
         elif _PRIVATE_JWK_MEMBERS.intersection(key):
             # Not echoed: these members are the private key.
@@ -407,9 +419,12 @@ def check_policies(
                                 f"unknown agent {pattern!r}",
                             ),
                         )
-            partly_broken = match.resources is not None and any(
-                name in known.resources and name not in fleet.resources for name in match.resources
-            )
+            # Scopes of resources that failed the schema (or do not exist) are unknown; a
+            # pattern that may be meant for them cannot be judged.
+            if match.resources is None:
+                partly_broken = known.broken_resources
+            else:
+                partly_broken = any(name not in fleet.resources for name in match.resources)
             if match.scopes is not None and not partly_broken:
                 scopes = every_scope
                 if match.resources is not None:

@@ -18,6 +18,7 @@ the cross-reference checks, can be reported at the line and column it concerns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,11 @@ MAX_DEPTH = 64
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
 _SCALARS = SafeConstructor()
+_CONSTRUCTORS: dict[str, Callable[[yaml.ScalarNode], Any]] = {
+    _TAG + "bool": _SCALARS.construct_yaml_bool,
+    _TAG + "int": _SCALARS.construct_yaml_int,
+    _TAG + "float": _SCALARS.construct_yaml_float,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +145,17 @@ class _Builder:
     def __init__(self) -> None:
         self.alias_nodes = 0
         self.problems: list[tuple[yaml.Node, str, str]] = []
-        self._built: dict[int, tuple[Any, int]] = {}
+        # id(node) -> (value, nodes it stands for, levels below it)
+        self._built: dict[int, tuple[Any, int, int]] = {}
         self._open: set[int] = set()
 
-    def build(self, node: yaml.Node, pointer: str, depth: int) -> tuple[Any, int]:
-        """The value of the node and how many nodes it stands for."""
+    def build(self, node: yaml.Node, pointer: str, depth: int) -> tuple[Any, int, int]:
+        """The value of the node, how many nodes it stands for, and how deep it goes."""
         key = id(node)
         if key in self._open:
             raise _Refused(node, pointer, "an alias refers to the node that contains it")
         if key in self._built:
-            value, size = self._built[key]
+            value, size, height = self._built[key]
             self.alias_nodes += size
             if self.alias_nodes > MAX_ALIAS_NODES:
                 raise _Refused(
@@ -157,7 +164,11 @@ class _Builder:
                     f"aliases expand to more than {MAX_ALIAS_NODES} nodes; "
                     "write the repeated parts out or reuse less",
                 )
-            return value, size
+            # An alias puts its whole subtree at this depth, which may be deeper than
+            # where the anchor was defined.
+            if depth + height > MAX_DEPTH:
+                raise _Refused(node, pointer, f"nesting is deeper than {MAX_DEPTH} levels")
+            return value, size, height
         if depth > MAX_DEPTH:
             raise _Refused(node, pointer, f"nesting is deeper than {MAX_DEPTH} levels")
 
@@ -169,26 +180,29 @@ class _Builder:
         self._built[key] = built
         return built
 
-    def _build_new(self, node: yaml.Node, pointer: str, depth: int) -> tuple[Any, int]:
+    def _build_new(self, node: yaml.Node, pointer: str, depth: int) -> tuple[Any, int, int]:
         if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, pointer), 1
+            return self._scalar(node, pointer), 1, 0
         if isinstance(node, yaml.SequenceNode):
             self._check_tag(node, pointer, "seq")
             items: list[Any] = []
-            size = 1
+            size, height = 1, 0
             for index, child in enumerate(node.value):
-                value, child_size = self.build(child, f"{pointer}/{index}", depth + 1)
+                value, child_size, child_height = self.build(
+                    child, f"{pointer}/{index}", depth + 1
+                )
                 items.append(value)
                 size += child_size
-            return items, size
+                height = max(height, child_height + 1)
+            return items, size, height
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, pointer, depth)
         raise _Refused(node, pointer, "unsupported YAML node")
 
-    def _mapping(self, node: yaml.MappingNode, pointer: str, depth: int) -> tuple[Any, int]:
+    def _mapping(self, node: yaml.MappingNode, pointer: str, depth: int) -> tuple[Any, int, int]:
         self._check_tag(node, pointer, "map")
         mapping: dict[str, Any] = {}
-        size = 1
+        size, height = 1, 0
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise _Refused(key_node, pointer, "a mapping key must be a plain scalar")
@@ -203,10 +217,11 @@ class _Builder:
                     (key_node, child_pointer, f"duplicate key {name!r} in this mapping")
                 )
                 continue
-            value, child_size = self.build(value_node, child_pointer, depth + 1)
+            value, child_size, child_height = self.build(value_node, child_pointer, depth + 1)
             mapping[name] = value
             size += child_size
-        return mapping, size
+            height = max(height, child_height + 1)
+        return mapping, size, height
 
     def _check_tag(self, node: yaml.Node, pointer: str, kind: str) -> None:
         if node.tag != _TAG + kind:
@@ -218,18 +233,29 @@ class _Builder:
             return node.value
         if tag == _TAG + "null":
             return None
-        if tag == _TAG + "bool":
-            return _SCALARS.construct_yaml_bool(node)
-        if tag == _TAG + "int":
-            return _SCALARS.construct_yaml_int(node)
-        if tag == _TAG + "float":
-            return _SCALARS.construct_yaml_float(node)
-        raise _Refused(node, pointer, f"the tag {tag!r} is not allowed; use plain values")
+        construct = _CONSTRUCTORS.get(tag)
+        if construct is None:
+            raise _Refused(node, pointer, f"the tag {tag!r} is not allowed; use plain values")
+        try:
+            return construct(node)
+        except (ValueError, KeyError, IndexError) as exc:
+            # An explicit tag on a value it cannot hold (`!!int x`), or an integer past
+            # Python's digit limit; the value itself is not repeated.
+            kind = tag.removeprefix(_TAG)
+            raise _Refused(node, pointer, f"not a valid {kind}") from exc
 
 
 def parse_yaml(name: str, content: bytes | str) -> tuple[Document, list[Problem]]:
     """Parse one YAML file; the document is usable only when no problem came back."""
     document = Document(name, None)
+    if isinstance(content, str):
+        text = content
+        try:
+            content = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            line = text.count("\n", 0, exc.start) + 1
+            column = exc.start - (text.rfind("\n", 0, exc.start) + 1) + 1
+            return document, [Problem(name, line, column, "", "the text is not valid Unicode")]
     size = len(content)
     if size > MAX_FILE_BYTES:
         return document, [
@@ -238,23 +264,29 @@ def parse_yaml(name: str, content: bytes | str) -> tuple[Document, list[Problem]
 
     try:
         root = _compose(content)
+    except yaml.reader.ReaderError as exc:
+        line, column = _line_column(content, exc.position)
+        if "UTF-8" in str(exc.reason) or "utf-8" in str(exc.reason):
+            message = "the file is not UTF-8 text"
+        else:
+            code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            message = f"YAML: the character #x{code:04x} is not allowed"
+        return document, [Problem(name, line, column, "", message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         reason = exc.problem or exc.context or "not valid YAML"
         return document, [Problem(name, line, column, "", f"YAML: {reason}")]
-    except yaml.YAMLError as exc:
-        return document, [Problem(name, 1, 1, "", f"YAML: {exc}")]
-    except UnicodeDecodeError:
-        return document, [Problem(name, 1, 1, "", "the file is not UTF-8 text")]
+    except yaml.YAMLError:
+        return document, [Problem(name, 1, 1, "", "YAML: the file cannot be parsed")]
 
     document.root = root
-    if root is None:
-        return document, [document.problem("", "the file is empty")]
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _TAG + "null"):
+        return document, [Problem(name, 1, 1, "", "the file is empty")]
 
     builder = _Builder()
     try:
-        document.data, _ = builder.build(root, "", 0)
+        document.data, _, _ = builder.build(root, "", 0)
     except _Refused as refused:
         builder.problems.append((refused.node, refused.pointer, refused.message))
     problems = [
@@ -262,6 +294,13 @@ def parse_yaml(name: str, content: bytes | str) -> tuple[Document, list[Problem]
         for node, pointer, message in builder.problems
     ]
     return document, problems
+
+
+def _line_column(content: bytes, position: int) -> tuple[int, int]:
+    before = content[:position]
+    line = before.count(b"\n") + 1
+    column = len(before) - (before.rfind(b"\n") + 1) + 1
+    return line, column
 
 
 def _compose(content: bytes | str) -> yaml.Node | None:

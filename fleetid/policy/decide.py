@@ -119,7 +119,8 @@ class Decision:
 def _refuse_all(
     revision: Revision, request: AccessRequest, code: str, reason: str, lifetime: int
 ) -> Decision:
-    scopes = request.scopes or ("",)
+    # An empty request gets one refusal, naming no scope, that says why.
+    scopes = tuple(dict.fromkeys(request.scopes)) or ("",)
     refused = tuple(Refusal(scope, code, reason) for scope in scopes)
     return Decision(revision.hash, request, (), refused, lifetime, frozenset())
 

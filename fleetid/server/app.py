@@ -196,15 +196,13 @@ async def _userinfo(context: ServerContext, request: Request) -> Response:
 
 async def _discovery(context: ServerContext, request: Request) -> Response:
     revision = context.live.get()
-    _, algorithm = context.tokens.keys.active_key()
+    algorithm = context.tokens.default_algorithm
     return _json(metadata(context.endpoints, revision, algorithm), headers={})
 
 
 async def _jwks(context: ServerContext, request: Request) -> Response:
     # Short caching: a key published as `next` must reach verifiers before it signs.
-    return _json(
-        dict(context.tokens.keys.jwks()), headers={"Cache-Control": "public, max-age=300"}
-    )
+    return _json(context.tokens.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
 
 async def _authorize(context: ServerContext, request: Request) -> Response:

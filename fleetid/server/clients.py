@@ -31,12 +31,13 @@ from urllib.parse import unquote
 import jwt
 
 from fleetid.fleet.compile import Revision
-from fleetid.fleet.model import Agent
+from fleetid.fleet.model import Agent, thaw_json
 from fleetid.server.errors import InvalidClient, InvalidRequest
 from fleetid.server.tokens import digest, new_secret
 from fleetid.store import Store
 
 __all__ = [
+    "ASSERTION_ALGORITHMS",
     "ASSERTION_TYPE",
     "AuthenticatedClient",
     "ClientSecrets",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ["RS256", "ES256", "PS256"]
 ASSERTION_NAMESPACE = "assertion"
 # An assertion living longer than this would make the replay cache hold it as long.
 MAX_ASSERTION_LIFETIME = 600
@@ -223,7 +225,7 @@ def _check_assertion(
         claims = jwt.decode(
             assertion,
             key.key,
-            algorithms=["RS256", "ES256", "PS256"],
+            algorithms=ASSERTION_ALGORITHMS,
             audience=list(audiences),
             issuer=client_id,
             options={"require": ["exp", "jti", "iss", "sub", "aud"]},
@@ -250,7 +252,7 @@ def _assertion_key(agent: Agent, header: Mapping[str, Any]) -> jwt.PyJWK:
     if agent.jwks is None:
         raise InvalidClient("the client has no JWKS registered in the fleet")
     try:
-        keys = jwt.PyJWKSet.from_dict(dict(agent.jwks)).keys
+        keys = jwt.PyJWKSet.from_dict(thaw_json(agent.jwks)).keys
     except jwt.PyJWTError as exc:
         raise InvalidClient("the client's registered JWKS is not usable") from exc
     kid = header.get("kid")

@@ -1,7 +1,9 @@
 """RFC 7662 token introspection, for authenticated fleet clients.
 
-An active response describes the token; anything else, including a token of another
-client's sign-in that the caller has no business with, is `{"active": false}`.
+A caller learns about a token only when it has business with it: it is the client the
+token was issued to, the agent the token is addressed to, or an actor in its chain.
+Anything else, like an invalid, expired or revoked token, is `{"active": false}` (RFC 7662
+§4: the server "MAY respond with an inactive response" to a caller not allowed to see).
 """
 
 from __future__ import annotations
@@ -15,12 +17,23 @@ from fleetid.server.errors import InvalidRequest
 from fleetid.server.grants.delegated import REFRESH_NAMESPACE
 from fleetid.server.issuance import load_grant
 from fleetid.server.revocation import is_revoked
-from fleetid.server.tokens import digest
+from fleetid.server.tokens import VerifiedToken, agent_audience, digest
 
 __all__ = ["introspect"]
 
 _INACTIVE: dict[str, Any] = {"active": False}
 _CLAIMS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "tenant", "act")
+
+
+def _concerns(verified: VerifiedToken, agent: str) -> bool:
+    if verified.client_id == agent or verified.audience == agent_audience(agent):
+        return True
+    act = verified.claims.get("act")
+    while isinstance(act, Mapping):
+        if act.get("sub") == agent:
+            return True
+        act = act.get("act")
+    return False
 
 
 def introspect(
@@ -33,7 +46,7 @@ def introspect(
 
     verified = context.tokens.verify(token, now=now)
     if verified is not None:
-        if is_revoked(context, verified.jti):
+        if not _concerns(verified, client.client_id) or is_revoked(context, verified.jti):
             return dict(_INACTIVE)
         grant_id = verified.claims.get("sid")
         if isinstance(grant_id, str) and load_grant(context, grant_id) is None:

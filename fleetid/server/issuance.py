@@ -239,7 +239,8 @@ def issue_for_resource(
         grant=grant,
         act=act,
     )
-    token = context.tokens.sign(claims)
+    algorithm = revision.fleet.resources[resource].signing_algorithm
+    token = context.tokens.sign(claims, algorithm=algorithm)
     context.audit.record(
         audit_event(
             time=context.clock(),

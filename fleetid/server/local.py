@@ -19,12 +19,12 @@ from pathlib import Path
 
 from fleetid.fleet.compile import Revision, compile_sources
 from fleetid.fleet.load import FleetInvalid, read_sources
-from fleetid.keys import LocalKeyFile
+from fleetid.keys import Algorithm, KeyCustody, LocalKeyFile
 from fleetid.server.audit import JsonlAudit
 from fleetid.server.clients import LocalClientSecrets
 from fleetid.server.context import Endpoints, LiveRevision, ServerContext
 from fleetid.server.signin import DevUserSignIn
-from fleetid.server.tokens import TokenService
+from fleetid.server.tokens import TokenService, signing_algorithms
 from fleetid.store import SQLiteStore
 
 __all__ = ["LocalState", "RevisionWatcher", "open_local"]
@@ -62,12 +62,19 @@ def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerConte
     state.create()
     secrets = LocalClientSecrets(state.clients)
     secrets.ensure(sorted(revision.fleet.agents))
-    keys = LocalKeyFile(state.keys, algorithm=revision.fleet.identity.signing.algorithm)
+    default = revision.fleet.identity.signing.algorithm
+
+    def custody_for(algorithm: Algorithm) -> KeyCustody:
+        path = state.keys if algorithm == default else state.folder / f"keys-{algorithm}.json"
+        return LocalKeyFile(path, algorithm=algorithm)
+
+    tokens = TokenService(issuer.rstrip("/"), custody_for, default_algorithm=default)
+    tokens.prepare(signing_algorithms(revision))
     return ServerContext(
         endpoints=Endpoints(issuer.rstrip("/")),
         live=LiveRevision(revision),
         store=SQLiteStore(state.store),
-        tokens=TokenService(keys, issuer.rstrip("/")),
+        tokens=tokens,
         secrets=secrets,
         audit=JsonlAudit(state.audit),
         signin=DevUserSignIn(),
@@ -138,6 +145,8 @@ class RevisionWatcher:
         except Exception:
             logger.exception("reloading the fleet failed; the running revision keeps serving")
             return False
+        # A resource newly asking for another algorithm gets its keys published first.
+        self.context.tokens.prepare(signing_algorithms(revision))
         if self.on_switch is not None:
             self.on_switch(revision)
         switched = self.context.live.switch(revision)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleetid.fleet.compile import Revision
+from fleetid.server.clients import ASSERTION_ALGORITHMS
 from fleetid.server.context import Endpoints
 from fleetid.server.grants import (
     authorization_code,
@@ -45,9 +46,11 @@ def metadata(endpoints: Endpoints, revision: Revision, signing_algorithm: str) -
             token_exchange.GRANT_TYPE,
         ],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
-        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256", "PS256"],
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "code_challenge_methods_supported": ["S256"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [signing_algorithm],

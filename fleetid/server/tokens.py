@@ -16,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-from jwt import PyJWK
+from joserfc import jwt
+from joserfc.errors import InvalidKeyIdError, JoseError
+from joserfc.jwk import KeySet
 
-from fleetid.keys import KeyCustody, encode_jwt
+from fleetid.fleet.compile import Revision
+from fleetid.keys import Algorithm, KeyCustody, encode_jwt
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
@@ -33,16 +35,30 @@ __all__ = [
     "agent_audience",
     "digest",
     "new_secret",
+    "signing_algorithms",
 ]
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 AGENT_AUDIENCE_PREFIX = "urn:fleetid:agent:"
 _LEEWAY = 5
+_ALGORITHMS = ("RS256", "ES256")
+_REQUIRED = ("exp", "iat", "jti", "sub", "client_id")
+# A token of this server is a few hundred bytes; anything far larger is not one.
+_MAX_TOKEN_LENGTH = 16 * 1024
 
 
 def agent_audience(agent: str) -> str:
     """The audience of tokens addressed to an agent itself, such as a user's sign-in token."""
     return f"{AGENT_AUDIENCE_PREFIX}{agent}"
+
+
+def signing_algorithms(revision: Revision) -> set[Algorithm]:
+    """Every algorithm the revision's tokens are signed with."""
+    algorithms: set[Algorithm] = {revision.fleet.identity.signing.algorithm}
+    for resource in revision.fleet.resources.values():
+        if resource.signing_algorithm is not None:
+            algorithms.add(resource.signing_algorithm)
+    return algorithms
 
 
 def new_secret(prefix: str) -> str:
@@ -81,16 +97,53 @@ class VerifiedToken:
 
 
 class TokenService:
-    """Signs tokens through the key custody and checks the ones it signed."""
+    """Signs tokens through the key custodies and checks the ones it signed.
 
-    def __init__(self, keys: KeyCustody, issuer: str) -> None:
-        self.keys = keys
+    There is one custody per signing algorithm in use: the fleet's default (RS256 unless
+    `identity.signing.algorithm` says otherwise) and any a resource asks for with its own
+    `signing_algorithm`. All their keys are published in one JWKS.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        custody_for: Callable[[Algorithm], KeyCustody],
+        *,
+        default_algorithm: Algorithm = "RS256",
+    ) -> None:
         self.issuer = issuer
-        self._verifiers: dict[str, PyJWK] = {}
+        self.default_algorithm = default_algorithm
+        self._custody_for = custody_for
+        self._custodies: dict[Algorithm, KeyCustody] = {}
+        self._keys: KeySet | None = None
         self._lock = threading.Lock()
+        self.custody(default_algorithm)
 
-    def sign(self, claims: Mapping[str, Any], *, typ: str = "at+jwt") -> str:
-        return encode_jwt(self.keys, claims, typ=typ)
+    def custody(self, algorithm: Algorithm) -> KeyCustody:
+        custody = self._custodies.get(algorithm)
+        if custody is None:
+            with self._lock:
+                custody = self._custodies.get(algorithm)
+                if custody is None:
+                    custody = self._custody_for(algorithm)
+                    self._custodies[algorithm] = custody
+        return custody
+
+    def prepare(self, algorithms: Iterable[Algorithm]) -> None:
+        """Create the custodies of these algorithms now, so that their keys are in the
+        JWKS before the first token they sign."""
+        for algorithm in algorithms:
+            self.custody(algorithm)
+        self._keys = None
+
+    def jwks(self) -> dict[str, Any]:
+        custodies = list(self._custodies.values())
+        return {"keys": [key for custody in custodies for key in custody.jwks()["keys"]]}
+
+    def sign(
+        self, claims: Mapping[str, Any], *, typ: str = "at+jwt", algorithm: Algorithm | None = None
+    ) -> str:
+        return encode_jwt(self.custody(algorithm or self.default_algorithm), claims, typ=typ)
 
     def access_claims(
         self,
@@ -131,40 +184,32 @@ class TokenService:
 
         Revocation is the caller's concern: it needs the store.
         """
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            return None
-        if header.get("typ") != "at+jwt":
-            return None
-        key = self._verifier(str(header.get("kid", "")))
-        if key is None:
+        if len(token) > _MAX_TOKEN_LENGTH:
             return None
         try:
-            claims = jwt.decode(
-                token,
-                key.key,
-                algorithms=[key.algorithm_name],
-                issuer=self.issuer,
-                options={
-                    "verify_aud": False,
-                    "verify_exp": False,
-                    "require": ["exp", "iat", "jti", "sub", "client_id"],
-                },
-            )
-        except jwt.PyJWTError:
+            try:
+                decoded = jwt.decode(token, self._key_set(), algorithms=list(_ALGORITHMS))
+            except InvalidKeyIdError:
+                # An unknown kid may be a key published since the set was built (rotation).
+                self._keys = None
+                decoded = jwt.decode(token, self._key_set(), algorithms=list(_ALGORITHMS))
+        except (JoseError, ValueError):
             return None
-        if int(claims["exp"]) + _LEEWAY < now:
+        if decoded.header.get("typ") != "at+jwt":
+            return None
+        claims = decoded.claims
+        if claims.get("iss") != self.issuer:
+            return None
+        if any(name not in claims for name in _REQUIRED):
+            return None
+        expires_at = claims["exp"]
+        if not isinstance(expires_at, int) or expires_at + _LEEWAY < now:
             return None
         return VerifiedToken(claims)
 
-    def _verifier(self, kid: str) -> PyJWK | None:
-        key = self._verifiers.get(kid)
-        if key is not None:
-            return key
-        # An unknown kid may be a key published since the cache was filled (rotation).
-        with self._lock:
-            for jwk in self.keys.jwks()["keys"]:
-                if jwk["kid"] not in self._verifiers:
-                    self._verifiers[jwk["kid"]] = PyJWK(dict(jwk))
-            return self._verifiers.get(kid)
+    def _key_set(self) -> KeySet:
+        keys = self._keys
+        if keys is None:
+            keys = KeySet.import_key_set(self.jwks())  # type: ignore[arg-type]
+            self._keys = keys
+        return keys
