@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fleetid.fleet.compile import Revision
 from fleetid.keys import KeyCustodyError
 from fleetid.server import authorize as authorization
 from fleetid.server.clients import AuthenticatedClient, authenticate
@@ -82,7 +83,9 @@ def _error_response(error: OAuthError) -> Response:
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (
+        not (declared.isascii() and declared.isdigit()) or int(declared) > limit
+    ):
         raise InvalidRequest(f"the request body must be at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -119,9 +122,11 @@ async def read_form(request: Request, limit: int) -> tuple[Form, list[str]]:
     return form, targets
 
 
-def _client(context: ServerContext, request: Request, form: Form) -> AuthenticatedClient:
+def _client(
+    context: ServerContext, revision: Revision, request: Request, form: Form
+) -> AuthenticatedClient:
     return authenticate(
-        context.live.get(),
+        revision,
         context.secrets,
         context.store,
         form,
@@ -164,20 +169,20 @@ async def _token(context: ServerContext, request: Request) -> Response:
     grant = _GRANTS.get(grant_type)
     if grant is None:
         raise UnsupportedGrantType(f"grant_type {grant_type[:80]!r} is not supported")
-    client = _client(context, request, form)
+    client = _client(context, revision, request, form)
     token_request = TokenRequest(revision, client, form, targets, int(context.clock()))
     return _json(grant(context, token_request))
 
 
 async def _introspect(context: ServerContext, request: Request) -> Response:
     form, _ = await read_form(request, context.max_body)
-    client = _client(context, request, form)
+    client = _client(context, context.live.get(), request, form)
     return _json(introspect(context, client, form))
 
 
 async def _revoke(context: ServerContext, request: Request) -> Response:
     form, _ = await read_form(request, context.max_body)
-    client = _client(context, request, form)
+    client = _client(context, context.live.get(), request, form)
     revoke(context, client, form)
     return Response(status_code=200, headers=_NO_STORE)
 

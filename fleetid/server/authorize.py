@@ -13,6 +13,7 @@ after that they go back to the client, with `state` and the RFC 9207 `iss`.
 from __future__ import annotations
 
 import html
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ INTERACTION_NAMESPACE = "interaction"
 INTERACTION_COOKIE = "fleetid_interaction"
 INTERACTION_LIFETIME = 600
 _MAX_PARAMETER = 2000
+_INTERACTION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 class _Redirected(Exception):
@@ -204,6 +206,8 @@ async def _interaction(
     context: ServerContext, request: Request, form: Mapping[str, str]
 ) -> tuple[_Interaction, dict[str, Any], int, int | None] | None:
     interaction_id = form.get("interaction", "")
+    if not _INTERACTION_ID.match(interaction_id):
+        return None
     # The cookie binds the interaction to the browser that started it: a form posted from
     # another browser (or a forged page) does not carry it.
     if not interaction_id or request.cookies.get(INTERACTION_COOKIE) != interaction_id:
@@ -252,7 +256,10 @@ def _resources_for(revision: Revision, interaction: _Interaction) -> dict[str, t
     """Requested scopes per resource: the resources named, or those of the agent's that
     define a requested scope."""
     fleet = revision.fleet
-    agent = fleet.agents[interaction.client_id]
+    agent = fleet.agents.get(interaction.client_id)
+    if agent is None:
+        # The agent left the fleet while its user was signing in.
+        return {}
     names = interaction.resources or tuple(
         name
         for name in agent.scopes

@@ -132,7 +132,8 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError) as exc:
+        # ValueError also covers non-ASCII text, which b64decode refuses outright.
         raise InvalidClient("the Basic credentials are not valid base64") from exc
     client_id, separator, secret = decoded.partition(":")
     if not separator:
@@ -225,16 +226,19 @@ def _check_assertion(
         claims = jwt.decode(
             assertion,
             key.key,
-            algorithms=ASSERTION_ALGORITHMS,
+            algorithms=[key.algorithm_name] if key.algorithm_name else ASSERTION_ALGORITHMS,
             audience=list(audiences),
             issuer=client_id,
-            options={"require": ["exp", "jti", "iss", "sub", "aud"]},
-            leeway=5,
+            # Expiry is checked below against the server's clock, not the wall clock.
+            options={"require": ["exp", "jti", "iss", "sub", "aud"], "verify_exp": False},
         )
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, TypeError, ValueError) as exc:
+        # TypeError: a header naming an algorithm of another key type than the key's.
         raise InvalidClient(f"the client assertion was refused: {type(exc).__name__}") from exc
 
-    expires_at = int(claims["exp"])
+    expires_at = claims["exp"]
+    if not isinstance(expires_at, int) or expires_at + 5 < now:
+        raise InvalidClient("the client assertion has expired")
     if expires_at - now > MAX_ASSERTION_LIFETIME:
         raise InvalidClient(
             f"the client assertion must expire within {MAX_ASSERTION_LIFETIME} seconds"

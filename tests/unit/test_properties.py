@@ -490,10 +490,17 @@ def test_a_damaged_example_is_only_ever_fleet_invalid(
     fleet = copy.deepcopy(example_data(example_fleet_text))
     for _ in range(data.draw(st.integers(1, 3))):
         path = data.draw(example_paths(example_fleet_text))
-        node = fleet
+        node: Any = fleet
         for part in path[:-1]:
+            # An earlier damage may have replaced a parent of this path.
+            if not isinstance(node, dict | list) or part not in (
+                node if isinstance(node, dict) else range(len(node))
+            ):
+                node = None
+                break
             node = node[part]
-        node[path[-1]] = data.draw(EXAMPLE_VALUES)
+        if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
+            node[path[-1]] = data.draw(EXAMPLE_VALUES)
     sources = FleetSources(
         "fleet.yaml",
         to_yaml(fleet),

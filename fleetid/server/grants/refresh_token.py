@@ -3,7 +3,7 @@ the whole sign-in it belongs to (OAuth 2.1 §4.3.1, refresh token reuse detectio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from fleetid.server.audit import audit_event
 from fleetid.server.context import ServerContext
@@ -38,32 +38,13 @@ def refresh_token(context: ServerContext, request: TokenRequest) -> dict[str, An
         raise InvalidGrant("the refresh token was issued to another client")
 
     grant_id = str(value["grant"])
-    # The conditional write is what makes rotation safe under concurrency: of two requests
-    # presenting the same token, one flips `used` and wins; the other sees reuse.
-    rotated = not value.get("used") and context.store.replace(
-        REFRESH_NAMESPACE,
-        key,
-        {**value, "used": True},
-        version=record.version,
-        expires_at=record.expires_at,
-    )
-    if not rotated:
-        revoke_grant(context, grant_id)
-        context.audit.record(
-            audit_event(
-                time=context.clock(),
-                event="refresh_token_reused",
-                agent=client.client_id,
-                outcome="grant revoked",
-                reason="a rotated refresh token was presented again",
-            )
-        )
-        raise InvalidGrant(
-            "the refresh token was already used; every token of this sign-in is now revoked"
-        )
+    if value.get("used"):
+        _refuse_reuse(context, client.client_id, grant_id)
 
     grant = require_grant(context, grant_id)
-    return respond_for_grant(
+    # Decided and issued first: a refused request (a scope the person never granted, a
+    # policy change) leaves the refresh token as it was.
+    response = respond_for_grant(
         context,
         revision,
         grant=grant,
@@ -72,4 +53,32 @@ def refresh_token(context: ServerContext, request: TokenRequest) -> dict[str, An
         targets=targets,
         remembered_resource=value.get("resource"),
         now=now,
+    )
+    # The conditional write is what makes rotation safe under concurrency: of two requests
+    # presenting the same token, one flips `used` and wins; the other sees reuse, and the
+    # tokens it was about to return die with the revoked grant.
+    if not context.store.replace(
+        REFRESH_NAMESPACE,
+        key,
+        {**value, "used": True},
+        version=record.version,
+        expires_at=record.expires_at,
+    ):
+        _refuse_reuse(context, client.client_id, grant_id)
+    return response
+
+
+def _refuse_reuse(context: ServerContext, client_id: str, grant_id: str) -> NoReturn:
+    revoke_grant(context, grant_id)
+    context.audit.record(
+        audit_event(
+            time=context.clock(),
+            event="refresh_token_reused",
+            agent=client_id,
+            outcome="grant revoked",
+            reason="a rotated refresh token was presented again",
+        )
+    )
+    raise InvalidGrant(
+        "the refresh token was already used; every token of this sign-in is now revoked"
     )
