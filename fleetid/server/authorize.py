@@ -230,6 +230,8 @@ async def sign_in(context: ServerContext, request: Request, form: Mapping[str, s
         return _error_page(400, "This sign-in has expired or belongs to another browser.")
     interaction, value, version, expires_at = found
     revision = context.live.get()
+    if interaction.client_id not in revision.fleet.agents:
+        return _error_page(400, "This agent is no longer part of the fleet.")
     try:
         user = context.signin.complete(revision, interaction.client_id, form)
     except SignInFailed as failed:
@@ -335,6 +337,8 @@ async def consent(context: ServerContext, request: Request, form: Mapping[str, s
         return _redirect(context, interaction.redirect_uri, parameters)
 
     revision = context.live.get()
+    if interaction.client_id not in revision.fleet.agents:
+        return _error_page(400, "This agent is no longer part of the fleet.")
     user = SignedInUser(
         signed_in["user"],
         signed_in["tenant"],

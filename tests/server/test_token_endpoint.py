@@ -1,0 +1,287 @@
+"""The token endpoint's request handling, before any grant logic (RFC 6749 §3.2, §5.2).
+
+Parameters come in an `application/x-www-form-urlencoded` body of bounded size, each at most
+once except `resource` and `audience`; every refusal is a JSON error with an RFC code, and
+every response, success or error, carries `Cache-Control: no-store`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from serverkit import (
+    AUTHORIZATION_CODE,
+    CLIENT_CREDENTIALS,
+    CRM,
+    RECONCILER,
+    REFRESH_TOKEN,
+    SALES,
+    TOKEN_EXCHANGE,
+    TOOLS,
+    Server,
+    oauth_error,
+)
+
+from fleetid.server.context import MAX_BODY_BYTES
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize(
+    ("form", "missing"),
+    [
+        ({}, "grant_type"),
+        ({"grant_type": ""}, "grant_type"),
+        (
+            {"grant_type": AUTHORIZATION_CODE, "redirect_uri": "x", "code_verifier": "v" * 43},
+            "code",
+        ),
+        (
+            {"grant_type": AUTHORIZATION_CODE, "code": "c", "code_verifier": "v" * 43},
+            "redirect_uri",
+        ),
+        ({"grant_type": AUTHORIZATION_CODE, "code": "c", "redirect_uri": "x"}, "code_verifier"),
+        ({"grant_type": REFRESH_TOKEN}, "refresh_token"),
+        (
+            {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "resource": CRM,
+            },
+            "subject_token",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_a_missing_required_parameter_is_invalid_request(
+    server: Server, form: dict[str, str], missing: str
+) -> None:
+    response = server.token(form, agent=SALES)
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_request"
+    assert missing in response.json()["error_description"]
+
+
+def test_token_exchange_without_subject_token_type_is_invalid_request(server: Server) -> None:
+    subject = server.machine_token(RECONCILER)
+
+    response = server.token(
+        {"grant_type": TOKEN_EXCHANGE, "subject_token": subject, "resource": CRM},
+        agent=RECONCILER,
+    )
+
+    assert oauth_error(response) == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "grant_type",
+    [
+        "password",
+        "implicit",
+        "urn:ietf:params:oauth:grant-type:device_code",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "CLIENT_CREDENTIALS",
+    ],
+)
+def test_an_unknown_grant_type_is_unsupported_grant_type(server: Server, grant_type: str) -> None:
+    response = server.token({"grant_type": grant_type}, agent=SALES)
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "unsupported_grant_type"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"grant_type": "client_credentials"}'),
+        ("text/plain", b"grant_type=client_credentials"),
+        ("multipart/form-data; boundary=x", b"--x\r\n\r\n--x--"),
+        (None, b"grant_type=client_credentials"),
+    ],
+)
+def test_a_body_that_is_not_a_form_is_invalid_request(
+    server: Server, content_type: str | None, body: bytes
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+
+    response = server.client.post(
+        "/token", content=body, headers=headers, auth=server.basic(RECONCILER)
+    )
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_request"
+
+
+def test_a_form_content_type_with_a_charset_is_accepted(server: Server) -> None:
+    response = server.token(
+        {"grant_type": CLIENT_CREDENTIALS},
+        agent=RECONCILER,
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"},
+    )
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("name", ["grant_type", "scope", "client_id"])
+def test_a_parameter_given_twice_is_invalid_request(server: Server, name: str) -> None:
+    form = [("grant_type", CLIENT_CREDENTIALS), ("scope", "crm:read"), ("client_id", RECONCILER)]
+    form.append((name, dict(form)[name]))
+
+    response = server.token(form, agent=RECONCILER)
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_request"
+    assert name in response.json()["error_description"]
+
+
+def test_resource_repeated_with_two_resources_is_invalid_target(server: Server) -> None:
+    response = server.token(
+        [("grant_type", CLIENT_CREDENTIALS), ("resource", CRM), ("resource", TOOLS)], agent=SALES
+    )
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_target"
+
+
+def test_resource_repeated_with_the_same_resource_names_one_resource(server: Server) -> None:
+    response = server.token(
+        [("grant_type", CLIENT_CREDENTIALS), ("resource", CRM), ("resource", CRM)],
+        agent=RECONCILER,
+    )
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "https://evil.example.com",
+        "https://crm.acme.example.com/",
+        "HTTPS://CRM.ACME.EXAMPLE.COM",
+        "urn:fleetid:agent:nobody",
+        "",
+    ],
+)
+def test_an_unknown_resource_is_invalid_target(server: Server, resource: str) -> None:
+    response = server.token(
+        {"grant_type": CLIENT_CREDENTIALS, "resource": resource}, agent=RECONCILER
+    )
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_target"
+
+
+def _padded_form(size: int) -> bytes:
+    """A valid client_credentials form of exactly `size` bytes."""
+    head = b"grant_type=client_credentials&padding="
+    return head + b"x" * (size - len(head))
+
+
+def test_a_body_of_exactly_the_bound_is_read(server: Server) -> None:
+    response = server.client.post(
+        "/token",
+        content=_padded_form(MAX_BODY_BYTES),
+        headers=FORM,
+        auth=server.basic(RECONCILER),
+    )
+
+    assert response.status_code == 200, response.text
+
+
+def test_a_body_over_the_bound_is_invalid_request(server: Server) -> None:
+    response = server.client.post(
+        "/token",
+        content=_padded_form(MAX_BODY_BYTES + 1),
+        headers=FORM,
+        auth=server.basic(RECONCILER),
+    )
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_request"
+
+
+def test_a_content_length_that_understates_the_body_does_not_lift_the_bound(
+    server: Server,
+) -> None:
+    response = server.client.post(
+        "/token",
+        content=_padded_form(MAX_BODY_BYTES * 2),
+        headers={**FORM, "Content-Length": "40"},
+        auth=server.basic(RECONCILER),
+    )
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_request"
+
+
+@pytest.mark.parametrize("declared", [str(MAX_BODY_BYTES + 1), "99999999999999999999", "-1", "x"])
+def test_a_content_length_over_the_bound_or_not_a_number_is_refused_unread(
+    server: Server, declared: str
+) -> None:
+    response = server.client.post(
+        "/token",
+        content=b"grant_type=client_credentials",
+        headers={**FORM, "Content-Length": declared},
+        auth=server.basic(RECONCILER),
+    )
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_request"
+
+
+def test_a_body_that_is_not_utf8_is_invalid_request(server: Server) -> None:
+    response = server.client.post(
+        "/token",
+        content=b"grant_type=client_credentials&scope=\xff\xfe",
+        headers=FORM,
+        auth=server.basic(RECONCILER),
+    )
+
+    assert oauth_error(response) == "invalid_request"
+
+
+def test_more_than_a_hundred_parameters_is_invalid_request(server: Server) -> None:
+    form = [("grant_type", CLIENT_CREDENTIALS)] + [(f"p{n}", "v") for n in range(120)]
+
+    response = server.token(form, agent=RECONCILER)
+
+    assert oauth_error(response) == "invalid_request"
+
+
+def test_a_token_response_is_not_cached(server: Server) -> None:
+    response = server.token({"grant_type": CLIENT_CREDENTIALS}, agent=RECONCILER)
+
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
+    body = response.json()
+    assert body["token_type"] == "Bearer"
+    assert isinstance(body["expires_in"], int)
+    assert "refresh_token" not in body
+
+
+@pytest.mark.parametrize(
+    "form",
+    [{"grant_type": "password"}, {"grant_type": CLIENT_CREDENTIALS, "resource": "nowhere"}],
+)
+def test_a_token_error_is_not_cached(server: Server, form: dict[str, str]) -> None:
+    response = server.token(form, agent=RECONCILER)
+
+    assert response.status_code == 400
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_a_sign_in_token_response_is_not_cached(server: Server) -> None:
+    authorization = server.authorize(SALES, "bob", scope="openid crm:read", resources=[CRM])
+
+    response = server.redeem(authorization)
+
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert {"access_token", "refresh_token", "id_token"} <= set(response.json())
+
+
+def test_the_token_endpoint_accepts_only_post(server: Server) -> None:
+    response = server.client.get("/token", params={"grant_type": CLIENT_CREDENTIALS})
+
+    assert response.status_code == 405
