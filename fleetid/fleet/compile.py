@@ -5,24 +5,25 @@ the server and the Pulumi program. It holds the validated model, the policy rule
 their patterns already resolved against the fleet's agents and scopes, and the indexes a
 decision needs, so that deciding never scans the fleet.
 
-The hash covers meaning only. It is the SHA-256 of a canonical JSON form in which keys
-are sorted, defaults are filled in, lists that are sets are sorted and rules are ordered
-by id; so key order, comments, whitespace, the order of set-like lists and the names of
-policy files do not change it, while any change of meaning does.
+The hash covers meaning only. It is the SHA-256 of a canonical JSON form in which
+mappings are sorted, defaults are filled in, lists that are sets are sorted and rules are
+ordered by id; so key order, comments, whitespace, the order of set-like lists and the
+names of policy files do not change it, while any change of meaning does.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from fleetid.fleet.load import FleetSources, LoadedFleet, load
+from fleetid.fleet.load import FleetSources, LoadedFleet, load, paused_gc
 from fleetid.fleet.model import (
+    CANONICAL,
     ApprovalRule,
     DenyRule,
     Fleet,
@@ -31,22 +32,18 @@ from fleetid.fleet.model import (
 )
 from fleetid.fleet.semantics import connection_urn
 
-__all__ = ["CompiledRule", "Revision", "canonical_json", "compile_fleet", "compile_sources"]
+__all__ = [
+    "AgentEntry",
+    "CompiledRule",
+    "Revision",
+    "ScopeEntry",
+    "canonical_json",
+    "compile_fleet",
+    "compile_sources",
+]
 
 Effect = Literal["deny", "require_approval", "cap_lifetime"]
 SubjectKind = Literal["any", "user", "machine"]
-
-_ENTRY_POINT = ("agentcore", "artifact", "code", "entry_point")
-
-
-def _ordered(path: tuple[str, ...]) -> bool:
-    """A list whose order means something: an agent's command line."""
-    return len(path) == 6 and path[0] == "agents" and path[2:] == _ENTRY_POINT
-
-
-def _opaque(path: tuple[str, ...]) -> bool:
-    """A value kept exactly as written: an agent's JWK Set, whose `x5c` chain is ordered."""
-    return len(path) == 3 and path[0] == "agents" and path[2] == "jwks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +83,24 @@ class CompiledRule:
         return self.scopes is None or scope in self.scopes
 
 
+class ScopeEntry(NamedTuple):
+    """What a decision needs to know of one scope, in one lookup."""
+
+    roles: frozenset[str]
+    requires_approval: bool
+    max_lifetime: int | None
+    user_rules: tuple[CompiledRule, ...]
+    machine_rules: tuple[CompiledRule, ...]
+
+
+class AgentEntry(NamedTuple):
+    """What a decision needs to know of one agent, in one lookup."""
+
+    scopes: Mapping[str, frozenset[str]]
+    tenants: frozenset[str]
+    roles: frozenset[str]
+
+
 @dataclass(frozen=True, eq=False)
 class Revision:
     """One immutable compiled fleet. Build it with `compile_fleet`."""
@@ -102,6 +117,10 @@ class Revision:
     rules_for: Mapping[tuple[str, str], tuple[CompiledRule, ...]]
     agent_tenants: Mapping[str, frozenset[str]]
     agent_roles: Mapping[str, frozenset[str]]
+    # The decision's own indexes: per agent, and per resource then scope. Plain dicts,
+    # held only here and never handed out for writing.
+    agents: dict[str, AgentEntry] = field(default_factory=dict, repr=False)
+    scopes: dict[str, dict[str, ScopeEntry]] = field(default_factory=dict, repr=False)
     _no_rules: tuple[CompiledRule, ...] = field(default=(), repr=False)
 
     @property
@@ -140,32 +159,21 @@ class Revision:
         }
 
 
-def _canonical(value: Any, path: tuple[str, ...] = ()) -> Any:
-    # Decided by position in the document, never by a key's name alone: the names of
-    # resources, scopes and groups are the user's.
-    if _opaque(path):
-        return value
-    if isinstance(value, dict):
-        return {name: _canonical(child, (*path, name)) for name, child in value.items()}
-    if isinstance(value, list):
-        items = [_canonical(child, (*path, "*")) for child in value]
-        if _ordered(path) or not all(isinstance(item, str) for item in items):
-            return items
-        return sorted(set(items))
-    return value
-
-
 def canonical_json(fleet: Fleet, policies: Mapping[str, PolicyFile]) -> str:
-    """The form the revision hash is taken of."""
+    """The form the revision hash is taken of: the model serialised with every default
+    filled in, fields in the model's order, mappings sorted by key, set-like lists sorted
+    (see `model.SetOf`) and policy rules sorted by id, wherever each was written."""
+    context = {CANONICAL: True}
     rules = sorted(
-        (rule.model_dump(mode="json") for policy in policies.values() for rule in policy.rules),
-        key=lambda rule: str(rule["id"]),
+        (rule for policy in policies.values() for rule in policy.rules), key=lambda rule: rule.id
     )
-    document = {
-        "fleet": _canonical(fleet.model_dump(mode="json")),
-        "rules": [_canonical(rule, ("rules",)) for rule in rules],
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    rendered = ",".join(rule.model_dump_json(context=context) for rule in rules)
+    return f'{{"fleet":{fleet.model_dump_json(context=context)},"rules":[{rendered}]}}'
+
+
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], object]:
+    """One compiled expression for a rule's shell-style patterns."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns)).match
 
 
 def _compile_rule(
@@ -176,19 +184,14 @@ def _compile_rule(
     scopes: frozenset[str] | None = None
     if match.scopes is not None:
         covered = resources if resources is not None else fleet.resources.keys()
+        matches = _matcher(match.scopes)
         scopes = frozenset(
-            scope
-            for name in covered
-            for scope in fleet.resources[name].scopes
-            if any(fnmatch.fnmatchcase(scope, pattern) for pattern in match.scopes)
+            scope for name in covered for scope in fleet.resources[name].scopes if matches(scope)
         )
     agents: frozenset[str] | None = None
     if match.agents is not None:
-        agents = frozenset(
-            name
-            for name in fleet.agents
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in match.agents)
-        )
+        matches = _matcher(match.agents)
+        agents = frozenset(name for name in fleet.agents if matches(name))
     return CompiledRule(
         id=rule.id,
         file=file,
@@ -206,6 +209,11 @@ def _compile_rule(
 
 
 def compile_fleet(loaded: LoadedFleet) -> Revision:
+    with paused_gc():
+        return _compile(loaded)
+
+
+def _compile(loaded: LoadedFleet) -> Revision:
     fleet, policies = loaded.fleet, loaded.policies
     digest = hashlib.sha256(canonical_json(fleet, policies).encode()).hexdigest()
 
@@ -239,7 +247,38 @@ def compile_fleet(loaded: LoadedFleet) -> Revision:
         )
         for tenant_name, tenant in fleet.tenants.items()
     }
+    scopes = {
+        resource_name: {
+            scope_name: ScopeEntry(
+                roles=scope_roles[(resource_name, scope_name)],
+                requires_approval=scope.requires_approval,
+                max_lifetime=scope.max_lifetime,
+                user_rules=tuple(
+                    rule
+                    for rule in rules_for.get((resource_name, scope_name), ())
+                    if rule.subject != "machine"
+                ),
+                machine_rules=tuple(
+                    rule
+                    for rule in rules_for.get((resource_name, scope_name), ())
+                    if rule.subject != "user"
+                ),
+            )
+            for scope_name, scope in resource.scopes.items()
+        }
+        for resource_name, resource in fleet.resources.items()
+    }
+    agents = {
+        name: AgentEntry(
+            scopes={resource: frozenset(listed) for resource, listed in agent.scopes.items()},
+            tenants=frozenset(agent.tenants),
+            roles=frozenset(agent.roles),
+        )
+        for name, agent in fleet.agents.items()
+    }
     return Revision(
+        agents=agents,
+        scopes=scopes,
         hash=digest,
         fleet=fleet,
         policies=MappingProxyType(dict(policies)),

@@ -104,9 +104,9 @@ from fleetid.fleet.model import (
     Scope,
     Sso,
     Tenant,
+    format_seconds,
 )
 from fleetid.fleet.source import join_pointer
-from fleetid.policy.explain import format_seconds
 
 __all__ = [
     "MARKDOWN_LIST_ITEMS",

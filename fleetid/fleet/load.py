@@ -13,8 +13,11 @@ noise about values that are already known to be wrong.
 
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -46,6 +49,7 @@ __all__ = [
     "LoadedFleet",
     "git_sources",
     "load",
+    "paused_gc",
     "read_sources",
 ]
 
@@ -110,6 +114,8 @@ def git_sources(
 ) -> FleetSources:
     """The fleet as it stands at a git revision, policies included; paths are relative to
     `cwd`, which must be inside the repository."""
+    if Path(fleet_path).is_absolute():
+        fleet_path = os.path.relpath(fleet_path, cwd)
     relative = PurePosixPath(fleet_path)
     folder = relative.parent / "policies"
     label = f"{revision}:{relative}"
@@ -142,8 +148,31 @@ def _git(cwd: str | Path, *args: str, label: str) -> bytes:
     return done.stdout
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a fleet is read or compiled.
+
+    NOTE: a large fleet creates about a million short-lived containers (YAML nodes, their
+    marks, values, model objects) and none of them form reference cycles, so the collector
+    only walks the growing heap again and again: two thirds of the time at 10,000 agents.
+    Reference counting still frees everything; collection resumes afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load(sources: FleetSources) -> LoadedFleet:
     """Validate a fleet completely; raise FleetInvalid with every problem found."""
+    with paused_gc():
+        return _load(sources)
+
+
+def _load(sources: FleetSources) -> LoadedFleet:
     problems: list[Problem] = []
 
     fleet_document, found = parse_yaml(sources.fleet_name, sources.fleet)

@@ -29,6 +29,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializationInfo,
     SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
@@ -38,6 +39,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "CANONICAL",
     "Agent",
     "AgentCoreArtifact",
     "AgentCoreCode",
@@ -65,6 +67,7 @@ __all__ = [
     "Sso",
     "Tenant",
     "TokenLifetimes",
+    "format_seconds",
     "parse_duration",
     "thaw_json",
 ]
@@ -74,7 +77,13 @@ V = TypeVar("V")
 
 
 def _freeze(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
-    return MappingProxyType(dict(value))
+    # Sorted once here, so that the canonical form needs no sorting of its own.
+    return MappingProxyType(dict(sorted(value.items())))
+
+
+# Serialization context under which mappings and sets come out sorted: the form the
+# revision hash is taken of.
+CANONICAL = "fleetid.canonical"
 
 
 def _thaw(value: Mapping[Any, Any], handler: SerializerFunctionWrapHandler) -> Any:
@@ -86,6 +95,18 @@ def _empty_map() -> Mapping[Any, Any]:
 
 
 FrozenMap = Annotated[Mapping[K, V], AfterValidator(_freeze), WrapSerializer(_thaw)]
+
+
+def _as_set(
+    value: tuple[Any, ...], handler: SerializerFunctionWrapHandler, info: SerializationInfo
+) -> Any:
+    if info.context and info.context.get(CANONICAL):
+        return handler(tuple(sorted(set(value))))
+    return handler(value)
+
+
+SetOf = Annotated[tuple[V, ...], WrapSerializer(_as_set, when_used="always")]
+"""A list whose order means nothing: the canonical form sorts it."""
 
 
 def _freeze_json(value: Any) -> Any:
@@ -148,6 +169,14 @@ def parse_duration(value: Any) -> Any:
             )
         return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     return value
+
+
+def format_seconds(seconds: int) -> str:
+    """A duration as fleet.yaml would write it: `15m`, `2h`, `90s`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 Duration = Annotated[
@@ -247,14 +276,14 @@ class Sso(_Strict):
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=500)]
     client_secret: Secret
     groups_claim: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "groups"
-    scopes: tuple[ScopeName, ...] = ("openid", "email", "profile")
+    scopes: SetOf[ScopeName] = ("openid", "email", "profile")
 
 
 class Tenant(_Strict):
     display_name: Text | None = None
     sso: Sso | None = None
     groups: FrozenMap[
-        Annotated[str, StringConstraints(min_length=1, max_length=500)], tuple[Name, ...]
+        Annotated[str, StringConstraints(min_length=1, max_length=500)], SetOf[Name]
     ] = Field(
         default_factory=_empty_map,
         description="IdP group name, as the tenant's IdP spells it, to the roles it maps to",
@@ -267,7 +296,7 @@ class Role(_Strict):
 
 class Scope(_Strict):
     description: Text
-    roles: tuple[Name, ...] = Field(min_length=1, description="roles allowed to hold this scope")
+    roles: SetOf[Name] = Field(min_length=1, description="roles allowed to hold this scope")
     requires_approval: bool = Field(
         default=False, description="a person must approve each grant of this scope"
     )
@@ -312,11 +341,11 @@ class AgentCoreArtifact(_Strict):
 
 class AgentCoreNetwork(_Strict):
     mode: Literal["PUBLIC", "VPC"] = "PUBLIC"
-    subnets: tuple[Annotated[str, StringConstraints(pattern=r"^subnet-[0-9a-f]+$")], ...] = Field(
+    subnets: SetOf[Annotated[str, StringConstraints(pattern=r"^subnet-[0-9a-f]+$")]] = Field(
         default=()
     )
-    security_groups: tuple[Annotated[str, StringConstraints(pattern=r"^sg-[0-9a-f]+$")], ...] = (
-        Field(default=())
+    security_groups: SetOf[Annotated[str, StringConstraints(pattern=r"^sg-[0-9a-f]+$")]] = Field(
+        default=()
     )
 
     @model_validator(mode="after")
@@ -345,18 +374,18 @@ class AgentCoreSettings(_Strict):
 class Agent(_Strict):
     runtime: Literal["agentcore", "vertex", "foundry", "langgraph", "external"]
     description: Text
-    tags: tuple[Name, ...] = Field(default=())
-    scopes: FrozenMap[Name, tuple[ScopeName, ...]] = Field(
+    tags: SetOf[Name] = Field(default=())
+    scopes: FrozenMap[Name, SetOf[ScopeName]] = Field(
         default_factory=_empty_map,
         description="per resource, every scope this agent may ever request",
     )
-    connections: tuple[Name, ...] = Field(default=())
-    roles: tuple[Name, ...] = Field(
+    connections: SetOf[Name] = Field(default=())
+    roles: SetOf[Name] = Field(
         default=(),
         description="the agent's own roles, used when it acts as itself (client credentials)",
     )
-    redirect_uris: tuple[Url, ...] = Field(default=())
-    tenants: tuple[Name, ...] = Field(
+    redirect_uris: SetOf[Url] = Field(default=())
+    tenants: SetOf[Name] = Field(
         default=(), description="tenants whose users may sign in to this agent"
     )
     token_endpoint_auth_method: Literal[
@@ -381,7 +410,7 @@ class GatewayTarget(_Strict):
 
 class Gateway(_Strict):
     description: Text | None = None
-    agents: tuple[Name, ...] = Field(min_length=1, description="agents that may call this gateway")
+    agents: SetOf[Name] = Field(min_length=1, description="agents that may call this gateway")
     targets: FrozenMap[Name, GatewayTarget] = Field(min_length=1)
 
 
@@ -415,11 +444,9 @@ class OAuthProvider(_Strict):
 
 
 class ConnectionUsers(_Strict):
-    agents: tuple[Name, ...] | None = Field(
-        default=None, description="absent: any agent listing it"
-    )
-    roles: tuple[Name, ...] | None = Field(default=None, description="absent: any role")
-    tenants: tuple[Name, ...] | None = Field(default=None, description="absent: any tenant")
+    agents: SetOf[Name] | None = Field(default=None, description="absent: any agent listing it")
+    roles: SetOf[Name] | None = Field(default=None, description="absent: any role")
+    tenants: SetOf[Name] | None = Field(default=None, description="absent: any tenant")
 
 
 class OAuthConnection(_Strict):
@@ -428,7 +455,7 @@ class OAuthConnection(_Strict):
     provider: OAuthProvider
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=500)]
     client_secret: Secret
-    scopes: tuple[ScopeName, ...] = Field(min_length=1)
+    scopes: SetOf[ScopeName] = Field(min_length=1)
     pkce: bool = True
     allowed: ConnectionUsers = Field(default_factory=ConnectionUsers)
 
@@ -450,11 +477,11 @@ class Registration(_Strict):
         default=False, description="accept clients identified by a metadata document URL"
     )
     dynamic_client_registration: bool = Field(default=False, description="RFC 7591")
-    resources: FrozenMap[Name, tuple[ScopeName, ...]] = Field(
+    resources: FrozenMap[Name, SetOf[ScopeName]] = Field(
         default_factory=_empty_map,
         description="per resource, the scopes a self-registered client may ever request",
     )
-    tenants: tuple[Name, ...] | None = Field(
+    tenants: SetOf[Name] | None = Field(
         default=None, description="tenants whose users may use such clients; absent: all"
     )
     max_lifetime: Duration | None = None
@@ -464,7 +491,7 @@ class DevUser(_Strict):
     name: Text
     email: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
     tenant: Name
-    groups: tuple[Annotated[str, StringConstraints(min_length=1, max_length=500)], ...] = Field(
+    groups: SetOf[Annotated[str, StringConstraints(min_length=1, max_length=500)]] = Field(
         default=()
     )
 
@@ -500,15 +527,15 @@ class PolicyMatch(_Strict):
     """Which requests a rule applies to; every selector given must match, an absent one
     matches anything."""
 
-    resources: tuple[Name, ...] | None = None
-    scopes: tuple[Pattern, ...] | None = Field(
+    resources: SetOf[Name] | None = None
+    scopes: SetOf[Pattern] | None = Field(
         default=None, description="scope names or shell-style patterns such as `crm:*`"
     )
-    agents: tuple[Pattern, ...] | None = Field(
+    agents: SetOf[Pattern] | None = Field(
         default=None, description="agent names or shell-style patterns such as `support-*`"
     )
-    tenants: tuple[Name, ...] | None = None
-    roles: tuple[Name, ...] | None = Field(
+    tenants: SetOf[Name] | None = None
+    roles: SetOf[Name] | None = Field(
         default=None, description="matches when the subject holds any of these roles"
     )
     subject: Literal["any", "user", "machine"] = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -54,11 +55,16 @@ def _normal_url(value: str) -> str:
 ANY_NAME = "*"
 
 
-class _Names(set[str]):
-    """A section's names; with ANY_NAME among them, every name counts as known."""
+class _AnyName(set[str]):
+    """A section whose names could not be read: every name counts as known."""
 
     def __contains__(self, name: object) -> bool:
-        return super().__contains__(ANY_NAME) or super().__contains__(name)
+        return True
+
+
+def _names(names: Iterable[str]) -> set[str]:
+    known = set(names)
+    return _AnyName(known) if ANY_NAME in known else known
 
 
 class Known:
@@ -68,11 +74,11 @@ class Known:
 
     def __init__(self, fleet: Fleet, broken: Mapping[str, Iterable[str]] | None = None) -> None:
         broken = broken or {}
-        self.tenants = _Names([*fleet.tenants, *broken.get("tenants", ())])
-        self.roles = _Names([*fleet.roles, *broken.get("roles", ())])
-        self.resources = _Names([*fleet.resources, *broken.get("resources", ())])
-        self.agents = _Names([*fleet.agents, *broken.get("agents", ())])
-        self.connections = _Names([*fleet.connections, *broken.get("connections", ())])
+        self.tenants = _names([*fleet.tenants, *broken.get("tenants", ())])
+        self.roles = _names([*fleet.roles, *broken.get("roles", ())])
+        self.resources = _names([*fleet.resources, *broken.get("resources", ())])
+        self.agents = _names([*fleet.agents, *broken.get("agents", ())])
+        self.connections = _names([*fleet.connections, *broken.get("connections", ())])
         self.broken_resources = bool(set(broken.get("resources", ())))
 
 
@@ -235,7 +241,13 @@ def _check_agentcore(name: str, fleet: Fleet) -> Iterator[Finding]:
             )
 
 
+# The common case, an https URL with a host and no fragment, without parsing it.
+_PLAIN_HTTPS = re.compile(r"^https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[^#\s]*)?$")
+
+
 def _redirect_uri_problem(uri: str) -> str | None:
+    if _PLAIN_HTTPS.match(uri):
+        return None
     parts = urlsplit(uri)
     if not parts.scheme or not parts.netloc:
         return "a redirect URI must be an absolute URL"

@@ -18,9 +18,10 @@ the cross-reference checks, can be reported at the line and column it concerns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -40,8 +41,39 @@ MAX_FILE_BYTES = 32 * 1024 * 1024
 MAX_ALIAS_NODES = 100_000
 MAX_DEPTH = 64
 
-_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
+_STR, _NULL, _TIMESTAMP = _TAG + "str", _TAG + "null", _TAG + "timestamp"
+_SEQ, _MAP, _MERGE = _TAG + "seq", _TAG + "map", _TAG + "merge"
+_BaseLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """The safe loader, with tag resolution cut to what the safe schema needs.
+
+    PyYAML's resolver also walks path resolvers on every node, which the safe loader has
+    none of; skipping that walk halves the time libyaml's composer spends in Python.
+    """
+
+    _implicit: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = (
+        yaml.SafeLoader.yaml_implicit_resolvers
+    )
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode:
+            if implicit[0]:
+                for tag, pattern in self._implicit.get(value[:1], ()):
+                    if pattern.match(value):
+                        return tag
+            return _STR
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+
 _SCALARS = SafeConstructor()
 _CONSTRUCTORS: dict[str, Callable[[yaml.ScalarNode], Any]] = {
     _TAG + "bool": _SCALARS.construct_yaml_bool,
@@ -132,117 +164,182 @@ def _child(node: yaml.Node, part: str) -> tuple[yaml.Mark, yaml.Node] | None:
 
 
 class _Refused(Exception):
-    def __init__(self, node: yaml.Node, pointer: str, message: str) -> None:
+    """Building stopped at `node`; `parent` and `key` say where it was reached from, which
+    for an alias is not where the node was defined."""
+
+    def __init__(self, node: yaml.Node, message: str) -> None:
         super().__init__(message)
         self.node = node
-        self.pointer = pointer
         self.message = message
+        self.parent: yaml.Node | None = None
+        self.key: str | int = ""
+
+    def reached_from(self, parent: yaml.Node, key: str | int) -> None:
+        if self.parent is None:
+            self.parent, self.key = parent, key
 
 
 class _Builder:
-    """Turns a node tree into plain values, enforcing the rules in the module docstring."""
+    """Turns a node tree into plain values, enforcing the rules in the module docstring.
+
+    Problems record the node they concern; its pointer is worked out only when the
+    problem is reported, so a valid file pays nothing for positions.
+    """
 
     def __init__(self) -> None:
         self.alias_nodes = 0
-        self.problems: list[tuple[yaml.Node, str, str]] = []
-        # id(node) -> (value, nodes it stands for, levels below it)
+        # (node, the container it was reached from and under which key, or None, message)
+        self.problems: list[tuple[yaml.Node, tuple[yaml.Node, str | int] | None, str]] = []
+        # id(collection) -> (value, nodes it stands for, levels below it); scalars are only
+        # remembered, to count aliases to them.
         self._built: dict[int, tuple[Any, int, int]] = {}
+        self._scalars: set[int] = set()
         self._open: set[int] = set()
 
-    def build(self, node: yaml.Node, pointer: str, depth: int) -> tuple[Any, int, int]:
+    def build(self, node: yaml.Node, depth: int) -> tuple[Any, int, int]:
         """The value of the node, how many nodes it stands for, and how deep it goes."""
         key = id(node)
+        if type(node) is yaml.ScalarNode:
+            if key in self._scalars:
+                self._count_alias(node, 1)
+            else:
+                self._scalars.add(key)
+            return self._scalar(node), 1, 0
         if key in self._open:
-            raise _Refused(node, pointer, "an alias refers to the node that contains it")
-        if key in self._built:
-            value, size, height = self._built[key]
-            self.alias_nodes += size
-            if self.alias_nodes > MAX_ALIAS_NODES:
-                raise _Refused(
-                    node,
-                    pointer,
-                    f"aliases expand to more than {MAX_ALIAS_NODES} nodes; "
-                    "write the repeated parts out or reuse less",
-                )
+            raise _Refused(node, "an alias refers to the node that contains it")
+        built = self._built.get(key)
+        if built is not None:
+            _, size, height = built
+            self._count_alias(node, size)
             # An alias puts its whole subtree at this depth, which may be deeper than
             # where the anchor was defined.
             if depth + height > MAX_DEPTH:
-                raise _Refused(node, pointer, f"nesting is deeper than {MAX_DEPTH} levels")
-            return value, size, height
+                raise _Refused(node, f"nesting is deeper than {MAX_DEPTH} levels")
+            return built
         if depth > MAX_DEPTH:
-            raise _Refused(node, pointer, f"nesting is deeper than {MAX_DEPTH} levels")
+            raise _Refused(node, f"nesting is deeper than {MAX_DEPTH} levels")
 
         self._open.add(key)
         try:
-            built = self._build_new(node, pointer, depth)
+            if isinstance(node, yaml.MappingNode):
+                built = self._mapping(node, depth)
+            elif isinstance(node, yaml.SequenceNode):
+                built = self._sequence(node, depth)
+            else:
+                raise _Refused(node, "unsupported YAML node")
         finally:
             self._open.discard(key)
         self._built[key] = built
         return built
 
-    def _build_new(self, node: yaml.Node, pointer: str, depth: int) -> tuple[Any, int, int]:
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, pointer), 1, 0
-        if isinstance(node, yaml.SequenceNode):
-            self._check_tag(node, pointer, "seq")
-            items: list[Any] = []
-            size, height = 1, 0
-            for index, child in enumerate(node.value):
-                value, child_size, child_height = self.build(
-                    child, f"{pointer}/{index}", depth + 1
-                )
-                items.append(value)
-                size += child_size
-                height = max(height, child_height + 1)
-            return items, size, height
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, pointer, depth)
-        raise _Refused(node, pointer, "unsupported YAML node")
+    def _count_alias(self, node: yaml.Node, size: int) -> None:
+        self.alias_nodes += size
+        if self.alias_nodes > MAX_ALIAS_NODES:
+            raise _Refused(
+                node,
+                f"aliases expand to more than {MAX_ALIAS_NODES} nodes; "
+                "write the repeated parts out or reuse less",
+            )
 
-    def _mapping(self, node: yaml.MappingNode, pointer: str, depth: int) -> tuple[Any, int, int]:
-        self._check_tag(node, pointer, "map")
+    def _sequence(self, node: yaml.SequenceNode, depth: int) -> tuple[Any, int, int]:
+        if node.tag != _SEQ:
+            raise _Refused(node, f"the tag {node.tag!r} is not allowed here")
+        items: list[Any] = []
+        size, height = 1, 0
+        build, scalars = self.build, self._scalars
+        for index, child in enumerate(node.value):
+            # Plain strings, the bulk of any fleet, without a call.
+            if type(child) is yaml.ScalarNode and child.tag == _STR and id(child) not in scalars:
+                scalars.add(id(child))
+                items.append(child.value)
+                size += 1
+                continue
+            try:
+                value, child_size, child_height = build(child, depth + 1)
+            except _Refused as refused:
+                refused.reached_from(node, index)
+                raise
+            items.append(value)
+            size += child_size
+            if child_height >= height:
+                height = child_height + 1
+        return items, size, height
+
+    def _mapping(self, node: yaml.MappingNode, depth: int) -> tuple[Any, int, int]:
+        if node.tag != _MAP:
+            raise _Refused(node, f"the tag {node.tag!r} is not allowed here")
         mapping: dict[str, Any] = {}
         size, height = 1, 0
+        build, scalars = self.build, self._scalars
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise _Refused(key_node, pointer, "a mapping key must be a plain scalar")
-            if key_node.tag == _TAG + "merge":
-                raise _Refused(
-                    key_node, pointer, "merge keys (<<) are not supported; write the keys out"
-                )
+            if type(key_node) is not yaml.ScalarNode:
+                raise _Refused(key_node, "a mapping key must be a plain scalar")
+            if key_node.tag == _MERGE:
+                raise _Refused(key_node, "merge keys (<<) are not supported; write the keys out")
             name = key_node.value
-            child_pointer = f"{pointer}/{escape_pointer(name)}"
             if name in mapping:
                 self.problems.append(
-                    (key_node, child_pointer, f"duplicate key {name!r} in this mapping")
+                    (key_node, (node, name), f"duplicate key {name!r} in this mapping")
                 )
                 continue
-            value, child_size, child_height = self.build(value_node, child_pointer, depth + 1)
+            if (
+                type(value_node) is yaml.ScalarNode
+                and value_node.tag == _STR
+                and id(value_node) not in scalars
+            ):
+                scalars.add(id(value_node))
+                mapping[name] = value_node.value
+                size += 1
+                continue
+            try:
+                value, child_size, child_height = build(value_node, depth + 1)
+            except _Refused as refused:
+                refused.reached_from(node, name)
+                raise
             mapping[name] = value
             size += child_size
-            height = max(height, child_height + 1)
+            if child_height >= height:
+                height = child_height + 1
         return mapping, size, height
 
-    def _check_tag(self, node: yaml.Node, pointer: str, kind: str) -> None:
-        if node.tag != _TAG + kind:
-            raise _Refused(node, pointer, f"the tag {node.tag!r} is not allowed here")
-
-    def _scalar(self, node: yaml.ScalarNode, pointer: str) -> Any:
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
         tag = node.tag
-        if tag == _TAG + "str" or tag == _TAG + "timestamp":
+        if tag in (_STR, _TIMESTAMP):
             return node.value
-        if tag == _TAG + "null":
+        if tag == _NULL:
             return None
         construct = _CONSTRUCTORS.get(tag)
         if construct is None:
-            raise _Refused(node, pointer, f"the tag {tag!r} is not allowed; use plain values")
+            raise _Refused(node, f"the tag {tag!r} is not allowed; use plain values")
         try:
             return construct(node)
         except (ValueError, KeyError, IndexError) as exc:
             # An explicit tag on a value it cannot hold (`!!int x`), or an integer past
             # Python's digit limit; the value itself is not repeated.
-            kind = tag.removeprefix(_TAG)
-            raise _Refused(node, pointer, f"not a valid {kind}") from exc
+            raise _Refused(node, f"not a valid {tag.removeprefix(_TAG)}") from exc
+
+
+def _pointer_of(root: yaml.Node, target: yaml.Node) -> str:
+    """The JSON pointer of `target` in the tree: the first path that reaches it, placing a
+    mapping key at the entry it names."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        node, pointer = stack.pop()
+        if node is target:
+            return pointer
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = f"{pointer}/{escape_pointer(getattr(key, 'value', ''))}"
+                if key is target:
+                    return child
+                stack.append((value, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{pointer}/{index}") for index, item in enumerate(node.value))
+    return ""
 
 
 def parse_yaml(name: str, content: bytes | str) -> tuple[Document, list[Problem]]:
@@ -286,13 +383,18 @@ def parse_yaml(name: str, content: bytes | str) -> tuple[Document, list[Problem]
 
     builder = _Builder()
     try:
-        document.data, _, _ = builder.build(root, "", 0)
+        document.data, _, _ = builder.build(root, 0)
     except _Refused as refused:
-        builder.problems.append((refused.node, refused.pointer, refused.message))
-    problems = [
-        Problem(name, node.start_mark.line + 1, node.start_mark.column + 1, pointer, message)
-        for node, pointer, message in builder.problems
-    ]
+        place = (refused.parent, refused.key) if refused.parent is not None else None
+        builder.problems.append((refused.node, place, refused.message))
+    problems = []
+    for node, place, message in builder.problems:
+        if place is None:
+            pointer = _pointer_of(root, node)
+        else:
+            pointer = f"{_pointer_of(root, place[0])}/{escape_pointer(place[1])}"
+        mark = node.start_mark
+        problems.append(Problem(name, mark.line + 1, mark.column + 1, pointer, message))
     return document, problems
 
 

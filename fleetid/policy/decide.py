@@ -18,7 +18,7 @@ A refused scope is never in `granted`, whatever the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from fleetid.fleet.compile import CompiledRule, Revision
 
@@ -77,16 +77,14 @@ class AccessRequest:
     approved: frozenset[str] = field(default_factory=frozenset)
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
+class Refusal(NamedTuple):
     scope: str
     code: str
     reason: str
     rules: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class LifetimeCap:
+class LifetimeCap(NamedTuple):
     """Something that shortened the token: a scope's own cap or a policy rule."""
 
     seconds: int
@@ -94,8 +92,7 @@ class LifetimeCap:
     scope: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     revision: str
     request: AccessRequest
     granted: tuple[str, ...]
@@ -126,16 +123,14 @@ def _refuse_all(
 
 
 def decide(revision: Revision, request: AccessRequest) -> Decision:
-    fleet = revision.fleet
-    default_lifetime = fleet.identity.tokens.access_token
     agent_name = request.agent
-
-    if agent_name not in fleet.agents:
+    agent = revision.agents.get(agent_name)
+    if agent is None:
         return _refuse_all(
             revision, request, UNKNOWN_AGENT, f"no agent {agent_name!r} in this fleet", 0
         )
-    resource = fleet.resources.get(request.resource)
-    if resource is None:
+    scopes = revision.scopes.get(request.resource)
+    if scopes is None:
         return _refuse_all(
             revision,
             request,
@@ -149,14 +144,14 @@ def decide(revision: Revision, request: AccessRequest) -> Decision:
     subject = request.subject
     tenant: str | None = None
     if subject is None:
-        roles = revision.agent_roles[agent_name]
+        roles = agent.roles
     else:
         tenant = subject.tenant
-        if tenant not in fleet.tenants:
+        if tenant not in revision.group_roles:
             return _refuse_all(
                 revision, request, UNKNOWN_TENANT, f"no tenant {tenant!r} in this fleet", 0
             )
-        if tenant not in revision.agent_tenants[agent_name]:
+        if tenant not in agent.tenants:
             return _refuse_all(
                 revision,
                 request,
@@ -167,19 +162,16 @@ def decide(revision: Revision, request: AccessRequest) -> Decision:
         roles = revision.roles_of(tenant, subject.groups)
 
     is_user = subject is not None
-    listed = revision.agent_scopes.get((agent_name, request.resource), frozenset())
+    listed = agent.scopes.get(request.resource, _NOTHING)
     granted: list[str] = []
     refused: list[Refusal] = []
     caps: list[LifetimeCap] = []
-    lifetime = default_lifetime
-    seen: set[str] = set()
+    lifetime = revision.fleet.identity.tokens.access_token
+    requested = request.scopes if len(request.scopes) == 1 else dict.fromkeys(request.scopes)
 
-    for scope in request.scopes:
-        if scope in seen:
-            continue
-        seen.add(scope)
-        definition = resource.scopes.get(scope)
-        if definition is None:
+    for scope in requested:
+        entry = scopes.get(scope)
+        if entry is None:
             refused.append(
                 Refusal(
                     scope, UNKNOWN_SCOPE, f"resource {request.resource!r} defines no such scope"
@@ -187,49 +179,44 @@ def decide(revision: Revision, request: AccessRequest) -> Decision:
             )
             continue
         if scope not in listed:
-            refused.append(
-                Refusal(
-                    scope,
-                    NOT_IN_AGENT_LIST,
-                    f"agent {agent_name!r} may never request it: it is not in the agent's "
-                    "scopes in fleet.yaml",
-                )
-            )
+            refused.append(Refusal(scope, NOT_IN_AGENT_LIST, _not_listed_reason(agent_name)))
             continue
-        allowed_roles = revision.scope_roles[(request.resource, scope)]
-        if allowed_roles.isdisjoint(roles):
-            refused.append(Refusal(scope, NO_ROLE, _no_role_reason(allowed_roles, is_user)))
+        if entry.roles.isdisjoint(roles):
+            refused.append(Refusal(scope, NO_ROLE, _no_role_reason(entry.roles, is_user)))
             continue
 
-        rules = revision.rules_covering(request.resource, scope)
-        applicable: tuple[CompiledRule, ...] = ()
-        if rules:
-            applicable = tuple(
-                rule for rule in rules if rule.applies(agent_name, tenant, roles, is_user)
-            )
-        denials = tuple(rule.id for rule in applicable if rule.effect == "deny")
+        # One pass over the rules that cover this scope for this kind of subject.
+        denials: list[str] = []
+        approvals: list[str] = []
+        rule_caps: list[CompiledRule] = []
+        for rule in entry.user_rules if is_user else entry.machine_rules:
+            if not rule.applies(agent_name, tenant, roles, is_user):
+                continue
+            if rule.effect == "deny":
+                denials.append(rule.id)
+            elif rule.effect == "require_approval":
+                approvals.append(rule.id)
+            else:
+                rule_caps.append(rule)
         if denials:
             refused.append(
-                Refusal(scope, DENIED, f"denied by policy {', '.join(denials)}", denials)
+                Refusal(scope, DENIED, f"denied by policy {', '.join(denials)}", tuple(denials))
             )
             continue
-        if scope not in request.approved:
-            approvals = tuple(rule.id for rule in applicable if rule.effect == "require_approval")
-            if definition.requires_approval or approvals:
-                refused.append(
-                    Refusal(scope, APPROVAL_REQUIRED, _approval_reason(approvals), approvals)
-                )
-                continue
+        if (entry.requires_approval or approvals) and scope not in request.approved:
+            refused.append(
+                Refusal(scope, APPROVAL_REQUIRED, _approval_reason(approvals), tuple(approvals))
+            )
+            continue
 
         granted.append(scope)
-        if definition.max_lifetime is not None and definition.max_lifetime < lifetime:
-            lifetime = definition.max_lifetime
-        if definition.max_lifetime is not None:
-            caps.append(LifetimeCap(definition.max_lifetime, f"scope {scope}", scope))
-        for rule in applicable:
-            if rule.max_lifetime is not None:
-                caps.append(LifetimeCap(rule.max_lifetime, f"policy {rule.id}", scope))
-                lifetime = min(lifetime, rule.max_lifetime)
+        if entry.max_lifetime is not None:
+            caps.append(LifetimeCap(entry.max_lifetime, f"scope {scope}", scope))
+            lifetime = min(lifetime, entry.max_lifetime)
+        for rule in rule_caps:
+            assert rule.max_lifetime is not None
+            caps.append(LifetimeCap(rule.max_lifetime, f"policy {rule.id}", scope))
+            lifetime = min(lifetime, rule.max_lifetime)
 
     return Decision(
         revision.hash,
@@ -242,6 +229,13 @@ def decide(revision: Revision, request: AccessRequest) -> Decision:
     )
 
 
+_NOTHING: frozenset[str] = frozenset()
+
+
+def _not_listed_reason(agent: str) -> str:
+    return f"agent {agent!r} may never request it: it is not in the agent's scopes in fleet.yaml"
+
+
 def _no_role_reason(allowed_roles: frozenset[str], is_user: bool) -> str:
     holders = ", ".join(sorted(allowed_roles))
     if is_user:
@@ -249,7 +243,7 @@ def _no_role_reason(allowed_roles: frozenset[str], is_user: bool) -> str:
     return f"the agent, acting as itself, holds none of the roles that may hold it ({holders})"
 
 
-def _approval_reason(rules: tuple[str, ...]) -> str:
+def _approval_reason(rules: list[str]) -> str:
     if rules:
         return f"needs a person's approval (policy {', '.join(rules)})"
     return "needs a person's approval (the scope requires it)"

@@ -10,16 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from fleetid.fleet.compile import Revision
+from fleetid.fleet.model import format_seconds
 from fleetid.policy.decide import Decision
 
-__all__ = ["decision_json", "explain_text", "format_seconds", "role_sources"]
-
-
-def format_seconds(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+__all__ = ["decision_json", "explain_text", "role_sources"]
 
 
 def role_sources(revision: Revision, decision: Decision) -> list[tuple[str, list[str]]]:

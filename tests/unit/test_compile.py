@@ -360,7 +360,14 @@ def test_canonical_json_is_sorted_and_compact(example_revision: Revision) -> Non
     text = canonical_json(example_revision.fleet, example_revision.policies)
     document = json.loads(text)
 
-    assert text == json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Compact, mappings of names sorted, set-like lists sorted.
+    assert text == json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    for section in ("tenants", "roles", "resources", "agents", "connections", "dev_users"):
+        names = list(document["fleet"][section])
+        assert names == sorted(names)
+    for agent in document["fleet"]["agents"].values():
+        assert agent["tenants"] == sorted(agent["tenants"])
+        assert list(agent["scopes"]) == sorted(agent["scopes"])
     assert [rule["id"] for rule in document["rules"]] == sorted(
         rule["id"] for rule in document["rules"]
     )

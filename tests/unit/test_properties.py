@@ -499,8 +499,11 @@ def test_a_damaged_example_is_only_ever_fleet_invalid(
                 node = None
                 break
             node = node[part]
-        if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
-            node[path[-1]] = data.draw(EXAMPLE_VALUES)
+        last = path[-1]
+        if isinstance(node, dict) or (
+            isinstance(node, list) and isinstance(last, int) and last < len(node)
+        ):
+            node[last] = data.draw(EXAMPLE_VALUES)
     sources = FleetSources(
         "fleet.yaml",
         to_yaml(fleet),
