@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table of its figures beside their goals (`python -m bench.fleet`)."""

@@ -1,0 +1,71 @@
+"""The benchmarks still run: a small synthetic fleet and its mutation validate, and every
+measurement of `bench.fleet` goes through. No duration is asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import fleet as bench_fleet
+from bench.synthetic import FleetSpec, generate, mutate
+from fleetid.fleet.compile import compile_sources
+from fleetid.fleet.load import read_sources
+
+SMALL = FleetSpec(agents=50, resources=20, tenants=5, rules=12, gateways=2)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("synthetic")
+    base = generate(SMALL)
+    return base.write(folder / "base"), mutate(base, 0.1).write(folder / "head")
+
+
+def test_generation_is_deterministic() -> None:
+    assert generate(SMALL).fleet_yaml() == generate(SMALL).fleet_yaml()
+    assert generate(SMALL, seed=1).fleet_yaml() != generate(SMALL).fleet_yaml()
+
+
+def test_the_fleet_and_its_mutation_validate_and_differ(written: tuple[Path, Path]) -> None:
+    base_path, head_path = written
+    base = compile_sources(read_sources(base_path))
+    head = compile_sources(read_sources(head_path))
+
+    assert len(base.fleet.agents) == SMALL.agents
+    assert len(base.fleet.resources) == SMALL.resources
+    assert {rule.effect for rule in base.rules} == {"deny", "require_approval", "cap_lifetime"}
+    assert any(agent.agentcore is not None for agent in base.fleet.agents.values())
+    assert base.hash != head.hash
+    assert set(base.fleet.agents) != set(head.fleet.agents)
+
+
+def test_every_measurement_runs(written: tuple[Path, Path]) -> None:
+    base_path, head_path = written
+    revision = compile_sources(read_sources(base_path))
+
+    assert len(bench_fleet.measure_compile(base_path, runs=1).samples) == 1
+    breakdown = bench_fleet.measure_breakdown(base_path, runs=1)
+    assert {label for label, _ in bench_fleet.PIECES} == set(breakdown)
+
+    requests = bench_fleet.realistic_requests(generate(SMALL), 300)
+    figures = bench_fleet.measure_decisions(revision, requests)
+    assert figures.requests == 300
+    assert figures.all_granted + figures.some_granted + figures.none_granted == 300
+    assert figures.all_granted > 0
+    assert figures.none_granted > 0
+    assert 0 < figures.delegated < 300
+
+    # A string says why the diff was skipped, while fleetid.fleet.diff does not exist.
+    diff = bench_fleet.measure_diff(base_path, head_path, runs=1)
+    assert isinstance(diff, str | bench_fleet.DiffFigures)
+
+
+def test_the_report_prints(tmp_path: Path) -> None:
+    report = bench_fleet.run(SMALL, runs=1, requests=200, out=tmp_path)
+
+    table = bench_fleet.format_report(report)
+
+    assert "No peer to compare against" in table
+    for row in ("validate + compile", "decision p50", "decision p99", "diff", "peak RSS"):
+        assert row in table
