@@ -24,12 +24,15 @@ from fleetid.fleet.compile import CompiledRule, Revision
 
 __all__ = [
     "APPROVAL_REQUIRED",
+    "CONNECTION_NOT_ALLOWED",
+    "CONNECTION_NOT_LISTED",
     "DENIED",
     "NOT_IN_AGENT_LIST",
     "NO_ROLE",
     "NO_SCOPE_REQUESTED",
     "TENANT_NOT_SERVED",
     "UNKNOWN_AGENT",
+    "UNKNOWN_CONNECTION",
     "UNKNOWN_RESOURCE",
     "UNKNOWN_SCOPE",
     "UNKNOWN_TENANT",
@@ -39,6 +42,7 @@ __all__ = [
     "Refusal",
     "Subject",
     "decide",
+    "decide_connection",
 ]
 
 UNKNOWN_AGENT: Final = "unknown_agent"
@@ -247,3 +251,74 @@ def _approval_reason(rules: list[str]) -> str:
     if rules:
         return f"needs a person's approval (policy {', '.join(rules)})"
     return "needs a person's approval (the scope requires it)"
+
+
+CONNECTION_NOT_LISTED: Final = "connection_not_listed"
+CONNECTION_NOT_ALLOWED: Final = "connection_not_allowed"
+UNKNOWN_CONNECTION: Final = "unknown_connection"
+
+
+def decide_connection(
+    revision: Revision, agent_name: str, connection: str, subject: Subject | None
+) -> Decision:
+    """Whether an agent may fetch a connection's credential, for a user or for itself.
+
+    The same structure as `decide`: the agent must list the connection, and the
+    connection's `allowed` agents, tenants and roles (each absent selector allowing any)
+    must all admit the request; a user's roles come from their tenant's group map only.
+    The request's resource is the connection's URN and its one "scope" the connection.
+    """
+    urn = f"urn:fleetid:connection:{connection}"
+    request = AccessRequest(agent_name, urn, (connection,), subject)
+    agent = revision.fleet.agents.get(agent_name)
+    if agent is None:
+        return _refuse_all(revision, request, UNKNOWN_AGENT, f"no agent {agent_name!r}", 0)
+    definition = revision.fleet.connections.get(connection)
+    if definition is None:
+        return _refuse_all(
+            revision, request, UNKNOWN_CONNECTION, f"no connection {connection!r}", 0
+        )
+
+    if subject is None:
+        roles = revision.agents[agent_name].roles
+        tenant = None
+    else:
+        tenant = subject.tenant
+        if tenant not in agent.tenants:
+            return _refuse_all(
+                revision,
+                request,
+                TENANT_NOT_SERVED,
+                f"agent {agent_name!r} does not serve tenant {tenant!r}",
+                0,
+            )
+        roles = revision.roles_of(tenant, subject.groups)
+
+    allowed = definition.allowed
+    reason: tuple[str, str] | None = None
+    if connection not in agent.connections:
+        reason = (
+            CONNECTION_NOT_LISTED,
+            f"agent {agent_name!r} does not list connection {connection!r} in fleet.yaml",
+        )
+    elif allowed.agents is not None and agent_name not in allowed.agents:
+        reason = (CONNECTION_NOT_ALLOWED, f"the connection does not allow agent {agent_name!r}")
+    elif allowed.tenants is not None and tenant not in allowed.tenants:
+        who = f"tenant {tenant!r}" if tenant else "an agent acting as itself"
+        reason = (CONNECTION_NOT_ALLOWED, f"the connection does not allow {who}")
+    elif allowed.roles is not None and roles.isdisjoint(allowed.roles):
+        holders = ", ".join(sorted(allowed.roles))
+        reason = (
+            CONNECTION_NOT_ALLOWED,
+            f"{'the user' if subject else 'the agent'} holds none of the roles that may use "
+            f"it ({holders})",
+        )
+    elif definition.kind == "oauth" and subject is None:
+        reason = (
+            CONNECTION_NOT_ALLOWED,
+            "an OAuth connection holds a person's account: it is fetched for a user, "
+            "not by an agent acting as itself",
+        )
+    if reason is not None:
+        return Decision(revision.hash, request, (), (Refusal(connection, *reason),), 0, roles)
+    return Decision(revision.hash, request, (connection,), (), 0, roles)
