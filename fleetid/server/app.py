@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleetid.fleet.compile import Revision
 from fleetid.keys import KeyCustodyError
 from fleetid.server import authorize as authorization
+from fleetid.server import connections
 from fleetid.server.clients import AuthenticatedClient, authenticate
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import (
@@ -224,6 +225,23 @@ async def _consent(context: ServerContext, request: Request) -> Response:
     return await authorization.consent(context, request, form)
 
 
+async def _link(context: ServerContext, request: Request) -> Response:
+    return await connections.start(context, request, "link")
+
+
+async def _unlink(context: ServerContext, request: Request) -> Response:
+    return await connections.start(context, request, "unlink")
+
+
+async def _connection_sign_in(context: ServerContext, request: Request) -> Response:
+    form, _ = await read_form(request, context.max_body)
+    return await connections.sign_in(context, request, form)
+
+
+async def _connection_callback(context: ServerContext, request: Request) -> Response:
+    return await connections.callback(context, request)
+
+
 class _RequestLog:
     """One line per request: method, path (never the query, which can hold a code or
     state), status and milliseconds."""
@@ -272,6 +290,10 @@ def create_app(context: ServerContext) -> ASGIApp:
             route("/introspect", _introspect, ["POST"]),
             route("/revoke", _revoke, ["POST"]),
             route("/userinfo", _userinfo, ["GET", "POST"]),
+            route("/connections/{name}/link", _link, ["GET"]),
+            route("/connections/{name}/unlink", _unlink, ["GET"]),
+            route("/connections/sign-in", _connection_sign_in, ["POST"]),
+            route("/connections/callback", _connection_callback, ["GET"]),
         ]
     )
     app.state.context = context

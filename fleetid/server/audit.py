@@ -40,18 +40,21 @@ def audit_event(
     act: Mapping[str, Any] | None = None,
     outcome: str | None = None,
     reason: str | None = None,
+    subject: str | None = None,
+    tenant: str | None = None,
+    resource: str | None = None,
 ) -> dict[str, Any]:
     line: dict[str, Any] = {"time": round(time, 3), "event": event}
     if grant_type is not None:
         line["grant_type"] = grant_type
     if decision is not None:
         request = decision.request
-        subject = request.subject
+        person = request.subject
         line.update(
             revision=decision.revision,
             agent=request.agent,
-            subject=subject.user if subject is not None else None,
-            tenant=subject.tenant if subject is not None else None,
+            subject=person.user if person is not None else None,
+            tenant=person.tenant if person is not None else None,
             resource=request.resource,
             requested=list(request.scopes),
             granted=list(decision.granted),
@@ -61,8 +64,12 @@ def audit_event(
             ],
             lifetime=decision.lifetime,
         )
-    elif agent is not None:
-        line["agent"] = agent
+    else:
+        if agent is not None:
+            line["agent"] = agent
+        for name, value in (("subject", subject), ("tenant", tenant), ("resource", resource)):
+            if value is not None:
+                line[name] = value
     line["act"] = _actors(act)
     line["jti"] = jti
     if outcome is not None:

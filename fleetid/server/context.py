@@ -18,6 +18,7 @@ from fleetid.server.clients import ClientSecrets
 from fleetid.server.signin import SignIn
 from fleetid.server.tokens import TokenService
 from fleetid.store import Store
+from fleetid.vault import Vault
 
 __all__ = ["Endpoints", "LiveRevision", "ServerContext"]
 
@@ -75,6 +76,14 @@ class Endpoints:
         return self.url("/jwks.json")
 
     @property
+    def connection_callback(self) -> str:
+        """The one redirect URI fleetid registers at every third-party provider."""
+        return self.url("/connections/callback")
+
+    def connection_link(self, connection: str) -> str:
+        return self.url(f"/connections/{connection}/link")
+
+    @property
     def assertion_audiences(self) -> frozenset[str]:
         """What a private_key_jwt assertion may name as its audience.
 
@@ -95,6 +104,7 @@ class ServerContext:
     signin: SignIn
     clock: Callable[[], float] = field(default=time.time)
     max_body: int = MAX_BODY_BYTES
+    vault: Vault | None = None
 
     @property
     def issuer(self) -> str:

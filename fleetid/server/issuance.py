@@ -148,13 +148,14 @@ class Target:
     resource: str | None
     audience: str
     agent: str | None = None
+    connection: str | None = None
 
 
 def resolve_target(revision: Revision, values: Sequence[str]) -> Target | None:
     """The one target named by `resource` / `audience` values, None when none is named.
 
-    A value may be a resource's identifier URL (RFC 8707), a resource's name, or an agent's
-    audience (`urn:fleetid:agent:NAME`).
+    A value may be a resource's identifier URL (RFC 8707), a resource's name, an agent's
+    audience (`urn:fleetid:agent:NAME`) or a connection (`urn:fleetid:connection:NAME`).
     """
     targets = {_target(revision, value) for value in values}
     if not targets:
@@ -171,6 +172,9 @@ def _target(revision: Revision, value: str) -> Target:
         name = value
     if name is not None:
         return Target(name, fleet.resources[name].identifier)
+    connection = revision.connection_by_urn.get(value)
+    if connection is not None:
+        return Target(None, value, connection=connection)
     if value.startswith(AGENT_AUDIENCE_PREFIX):
         agent = value[len(AGENT_AUDIENCE_PREFIX) :]
         if agent in fleet.agents:

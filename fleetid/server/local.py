@@ -2,7 +2,9 @@
 
 Everything lives in the state folder (mode 0700): `store.sqlite3` (WAL), `keys.json` (the
 signing key ring, 0600, generated on first start), `clients.json` (the agents' client
-secrets, 0600, generated on first start and kept across restarts) and `audit.jsonl`.
+secrets, 0600, generated on first start and kept across restarts), `vault.key` (the
+connections vault's master key, 0600) and `audit.jsonl`. API keys of connections are read
+from their `{env: ...}` references at start and stored encrypted.
 
 A watcher polls fleet.yaml and policies/ once a second. A change is compiled; a valid one
 is switched in whole (`LiveRevision`), an invalid one is refused with the validator's
@@ -26,6 +28,7 @@ from fleetid.server.context import Endpoints, LiveRevision, ServerContext
 from fleetid.server.signin import DevUserSignIn
 from fleetid.server.tokens import TokenService, signing_algorithms
 from fleetid.store import SQLiteStore
+from fleetid.vault import LocalEnvelope, Vault
 
 __all__ = ["LocalState", "RevisionWatcher", "open_local"]
 
@@ -52,6 +55,10 @@ class LocalState:
     def audit(self) -> Path:
         return self.folder / "audit.jsonl"
 
+    @property
+    def vault_key(self) -> Path:
+        return self.folder / "vault.key"
+
     def create(self) -> None:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -70,14 +77,29 @@ def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerConte
 
     tokens = TokenService(issuer.rstrip("/"), custody_for, default_algorithm=default)
     tokens.prepare(signing_algorithms(revision))
+    endpoints = Endpoints(issuer.rstrip("/"))
+    live = LiveRevision(revision)
+    store = SQLiteStore(state.store)
+    vault = Vault(
+        store,
+        LocalEnvelope(state.vault_key),
+        fleet=revision.fleet.identity.name,
+        connections=lambda: live.get().fleet.connections,
+        redirect_uri=endpoints.connection_callback,
+        link_url=endpoints.connection_link("{connection}"),
+    )
+    loaded = vault.load_api_keys()
+    for name in loaded.missing:
+        logger.warning("connection %s has no key: its environment variable is not set", name)
     return ServerContext(
-        endpoints=Endpoints(issuer.rstrip("/")),
-        live=LiveRevision(revision),
-        store=SQLiteStore(state.store),
+        endpoints=endpoints,
+        live=live,
+        store=store,
         tokens=tokens,
         secrets=secrets,
         audit=JsonlAudit(state.audit),
         signin=DevUserSignIn(),
+        vault=vault,
     )
 
 

@@ -40,7 +40,7 @@ class SignedInUser:
 
 @dataclass(frozen=True, slots=True)
 class SignInPage:
-    """HTML whose form posts back to `/authorize/sign-in` with the interaction id."""
+    """HTML whose form posts back, with the interaction id, to where `begin` was told."""
 
     html: str
 
@@ -51,19 +51,37 @@ class SignInFailed(Exception):
 
 class SignIn(ABC):
     @abstractmethod
-    def begin(self, revision: Revision, agent: str, interaction: str) -> SignInPage:
-        """What the browser gets first."""
+    def begin(
+        self,
+        revision: Revision,
+        agent: str | None,
+        interaction: str,
+        *,
+        action: str = "/authorize/sign-in",
+    ) -> SignInPage:
+        """What the browser gets first; its form posts to `action`. `agent` is the agent
+        being signed in to, or None when a person signs in to fleetid itself (to link a
+        connection), in which case any tenant's people may."""
 
     @abstractmethod
-    def complete(self, revision: Revision, agent: str, form: Mapping[str, str]) -> SignedInUser:
+    def complete(
+        self, revision: Revision, agent: str | None, form: Mapping[str, str]
+    ) -> SignedInUser:
         """The person the submitted form signs in, or SignInFailed."""
 
 
 class DevUserSignIn(SignIn):
     """Pick one of the fleet's dev users: for development, demos and tests only."""
 
-    def begin(self, revision: Revision, agent: str, interaction: str) -> SignInPage:
-        tenants = revision.agent_tenants.get(agent, frozenset())
+    def begin(
+        self,
+        revision: Revision,
+        agent: str | None,
+        interaction: str,
+        *,
+        action: str = "/authorize/sign-in",
+    ) -> SignInPage:
+        tenants = _tenants(revision, agent)
         users = [
             (name, user)
             for name, user in sorted(revision.fleet.dev_users.items())
@@ -81,22 +99,30 @@ class DevUserSignIn(SignIn):
         return SignInPage(
             render_page(
                 "Sign in",
-                f"<p>Sign in to <b>{html.escape(agent)}</b> as one of the fleet's dev users."
-                "</p>"
-                f'<form method="post" action="/authorize/sign-in">'
+                f"<p>Sign in to <b>{html.escape(agent or 'fleetid')}</b> as one of the "
+                "fleet's dev users.</p>"
+                f'<form method="post" action="{html.escape(action)}">'
                 f'<input type="hidden" name="interaction" value="{html.escape(interaction)}">'
                 f'{options}<p><button type="submit">Sign in</button></p></form>',
             )
         )
 
-    def complete(self, revision: Revision, agent: str, form: Mapping[str, str]) -> SignedInUser:
+    def complete(
+        self, revision: Revision, agent: str | None, form: Mapping[str, str]
+    ) -> SignedInUser:
         name = form.get("user", "")
         user = revision.fleet.dev_users.get(name)
         if user is None:
             raise SignInFailed("choose one of the listed users")
-        if user.tenant not in revision.agent_tenants.get(agent, frozenset()):
+        if user.tenant not in _tenants(revision, agent):
             raise SignInFailed(f"{agent} does not serve tenant {user.tenant}")
         return SignedInUser(name, user.tenant, tuple(user.groups), user.name, user.email)
+
+
+def _tenants(revision: Revision, agent: str | None) -> frozenset[str]:
+    if agent is None:
+        return frozenset(revision.fleet.tenants)
+    return revision.agent_tenants.get(agent, frozenset())
 
 
 def render_page(title: str, body: str) -> str:

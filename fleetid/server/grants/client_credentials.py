@@ -34,7 +34,9 @@ def client_credentials(context: ServerContext, request: TokenRequest) -> dict[st
     )
     target = resolve_target(revision, targets)
     if target is not None and target.resource is None:
-        raise InvalidTarget("client credentials are for resources, not for agents")
+        raise InvalidTarget(
+            "client credentials are for resources; connections are fetched by token exchange"
+        )
     resource = target.resource if target else default_resource(revision, client.client_id)
     assert resource is not None
 

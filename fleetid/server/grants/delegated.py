@@ -37,6 +37,8 @@ def _target(
             return resolve_target(revision, consented) or Target(None, "")
         return Target(None, agent_audience(grant.client_id), grant.client_id)
     if target.resource is None:
+        if target.connection is not None:
+            raise InvalidTarget("connections are fetched by token exchange")
         if target.agent != grant.client_id:
             raise InvalidTarget("a sign-in token can be addressed only to the agent signed in to")
         return target

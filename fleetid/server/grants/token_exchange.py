@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetid.server.audit import audit_event
+from fleetid.server.connections import fetch_connection
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import InvalidGrant, InvalidRequest, InvalidTarget
 from fleetid.server.issuance import (
@@ -63,6 +64,8 @@ def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, A
 
     if target.agent is not None:
         return _for_agent(context, request, subject, target, act)
+    if target.connection is not None:
+        return fetch_connection(context, request, subject, target.connection, act)
 
     assert target.resource is not None
     grant_id = subject.claims.get("sid")
