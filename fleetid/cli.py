@@ -459,6 +459,45 @@ def _audit_line(event: dict[str, Any]) -> str:
 
 
 @cli.group()
+def vault() -> None:
+    """The connections vault of `fleetid serve`."""
+
+
+@vault.command(name="rotate")
+@_FLEET
+@_STATE
+def vault_rotate(fleet: str, state: str) -> None:
+    """Add a new master key and re-wrap every record under it, while the server runs."""
+    from fleetid.store import SQLiteStore
+    from fleetid.vault import LocalEnvelope, Vault, VaultError
+
+    revision = _compile(fleet)
+    folder = Path(state)
+    if not (folder / "store.sqlite3").is_file():
+        raise _Failed(f"no state in {state}; start `fleetid serve` once first")
+    envelope = LocalEnvelope(folder / "vault.key")
+    store = SQLiteStore(folder / "store.sqlite3")
+    try:
+        key_id = envelope.rotate_master_key()
+        connections = revision.fleet.connections
+        report = Vault(
+            store,
+            envelope,
+            fleet=revision.fleet.identity.name,
+            connections=lambda: connections,
+            redirect_uri="http://127.0.0.1/connections/callback",
+        ).rewrap_all()
+    except VaultError as exc:
+        raise _Failed(f"rotation failed: {exc}") from exc
+    finally:
+        store.close()
+    click.echo(
+        f"master key {key_id} is current; {report.rewrapped} of {report.examined} records "
+        f"re-wrapped{'' if report.complete else '; run again: some were busy'}"
+    )
+
+
+@cli.group()
 def keys() -> None:
     """Signing keys of `fleetid serve`."""
 

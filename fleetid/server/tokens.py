@@ -133,7 +133,8 @@ class TokenService:
         """Create the custodies of these algorithms now, so that their keys are in the
         JWKS before the first token they sign."""
         for algorithm in algorithms:
-            self.custody(algorithm)
+            # Loads the ring, or generates it on the first start.
+            self.custody(algorithm).active_key()
         self._keys = None
 
     def jwks(self) -> dict[str, Any]:
