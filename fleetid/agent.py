@@ -37,7 +37,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,20 @@ class Credential:
         return self.expires_at is None or self.expires_at - EXPIRY_MARGIN > now
 
 
+def _secrets_manager(arn: str) -> str:
+    """The secret's string, read with the runtime's own role."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        answer = boto3.client("secretsmanager").get_secret_value(SecretId=arn)
+    except (BotoCoreError, ClientError) as exc:
+        raise FleetClientError(
+            f"cannot read the client secret from Secrets Manager ({type(exc).__name__})"
+        ) from None
+    return str(answer["SecretString"])
+
+
 class FleetClient:
     """A fleet agent's client of its fleetid server."""
 
@@ -109,21 +123,25 @@ class FleetClient:
         return f"FleetClient(issuer={self.issuer!r}, client_id={self.client_id!r})"
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> FleetClient:
-        """From FLEETID_ISSUER, FLEETID_CLIENT_ID and FLEETID_CLIENT_SECRET (or
-        FLEETID_CLIENT_SECRET_FILE, a file holding it)."""
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> FleetClient:
+        """From FLEETID_ISSUER and FLEETID_CLIENT_ID, and the client secret from
+        FLEETID_CLIENT_SECRET_ARN (a Secrets Manager secret, as an AgentCore runtime gets
+        it), FLEETID_CLIENT_SECRET_FILE (a file holding it) or FLEETID_CLIENT_SECRET."""
         env = os.environ if environ is None else environ
         try:
             issuer, client_id = env["FLEETID_ISSUER"], env["FLEETID_CLIENT_ID"]
         except KeyError as exc:
             raise FleetClientError(f"{exc.args[0]} is not set") from None
         secret = env.get("FLEETID_CLIENT_SECRET")
-        if secret is None and "FLEETID_CLIENT_SECRET_FILE" in env:
+        if "FLEETID_CLIENT_SECRET_ARN" in env:
+            secret = _secrets_manager(env["FLEETID_CLIENT_SECRET_ARN"])
+        elif "FLEETID_CLIENT_SECRET_FILE" in env:
             with open(env["FLEETID_CLIENT_SECRET_FILE"], encoding="utf-8") as handle:
                 secret = handle.read().strip()
         if not secret:
             raise FleetClientError(
-                "FLEETID_CLIENT_SECRET or FLEETID_CLIENT_SECRET_FILE is not set"
+                "set FLEETID_CLIENT_SECRET_ARN, FLEETID_CLIENT_SECRET_FILE "
+                "or FLEETID_CLIENT_SECRET"
             )
         return cls(issuer, client_id, secret)
 

@@ -65,3 +65,26 @@ def test_a_refusal_says_why_and_never_shows_a_token(
 def test_from_environment_names_what_is_missing() -> None:
     with pytest.raises(Exception, match="FLEETID_ISSUER is not set"):
         FleetClient.from_environment({})
+
+
+def test_from_environment_reads_the_secret_from_secrets_manager(
+    fleet_server: FleetServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    secret = fleet_server.credentials("sales-assistant")
+    with mock_aws():
+        arn = boto3.client("secretsmanager").create_secret(Name="sa", SecretString=secret)["ARN"]
+        client = FleetClient.from_environment(
+            {
+                "FLEETID_ISSUER": fleet_server.issuer,
+                "FLEETID_CLIENT_ID": "sales-assistant",
+                "FLEETID_CLIENT_SECRET_ARN": arn,
+            }
+        )
+    user_token = fleet_server.sign_in("sales-assistant", "alice").access_token
+    assert client.exchange(user_token, resource=CRM, scopes=["crm:read"]).scopes == ("crm:read",)
