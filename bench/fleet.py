@@ -152,14 +152,14 @@ def _time(work: Callable[[], object], runs: int) -> Timing:
 
 
 def measure_compile(fleet_path: Path, runs: int, *, without_gc: bool = False) -> Timing:
-    """read_sources → load → compile_fleet, as `fleetid validate` runs them; `without_gc`
+    """read_sources → compile_sources, as `fleetid validate` runs them; `without_gc`
     turns the cyclic garbage collector off around each run, to show what it costs."""
 
     def work() -> Revision:
         if without_gc:
             gc.disable()
         try:
-            return compile_fleet(load(read_sources(fleet_path)))
+            return compile_sources(read_sources(fleet_path))
         finally:
             gc.enable()
 

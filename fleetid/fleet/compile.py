@@ -304,4 +304,6 @@ def _compile(loaded: LoadedFleet) -> Revision:
 
 def compile_sources(sources: FleetSources) -> Revision:
     """Load, validate and compile; raises `FleetInvalid` with every problem."""
-    return compile_fleet(load(sources))
+    # One pause for both steps: a collection between them would walk everything loaded.
+    with paused_gc():
+        return compile_fleet(load(sources))

@@ -18,10 +18,10 @@ must exist, a scope the resource must define) is checked in `fleetid.fleet.seman
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
-from types import MappingProxyType
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -76,25 +76,46 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-def _freeze(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
-    # Sorted once here, so that the canonical form needs no sorting of its own.
-    return MappingProxyType(dict(sorted(value.items())))
-
-
-# Serialization context under which mappings and sets come out sorted: the form the
-# revision hash is taken of.
+# Serialization context under which set-like lists come out sorted: the form the revision
+# hash is taken of (mappings are sorted when validated).
 CANONICAL = "fleetid.canonical"
 
 
-def _thaw(value: Mapping[Any, Any], handler: SerializerFunctionWrapHandler) -> Any:
-    return handler(dict(value))
+class FrozenDict(dict[K, V]):
+    """A dict that refuses every change: what the model's mappings are.
+
+    A dict subclass rather than a read-only view, because pydantic serialises dicts
+    natively; the canonical form of a large fleet then costs no Python call per mapping.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("a compiled fleet cannot be changed")
+
+    __setitem__ = __delitem__ = _refuse
+    clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __copy__(self) -> FrozenDict[K, V]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict[K, V]:
+        return FrozenDict({key: copy.deepcopy(value, memo) for key, value in self.items()})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+def _freeze(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    # Sorted once here, so that the canonical form needs no sorting of its own.
+    return FrozenDict(sorted(value.items()))
 
 
 def _empty_map() -> Mapping[Any, Any]:
-    return MappingProxyType({})
+    return FrozenDict()
 
 
-FrozenMap = Annotated[Mapping[K, V], AfterValidator(_freeze), WrapSerializer(_thaw)]
+FrozenMap = Annotated[Mapping[K, V], AfterValidator(_freeze)]
 
 
 def _as_set(
@@ -111,7 +132,8 @@ SetOf = Annotated[tuple[V, ...], WrapSerializer(_as_set, when_used="always")]
 
 def _freeze_json(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return MappingProxyType({key: _freeze_json(child) for key, child in value.items()})
+        # Key order is never meaning in JSON; list order may be (an `x5c` chain).
+        return FrozenDict({key: _freeze_json(value[key]) for key in sorted(value)})
     if isinstance(value, list | tuple):
         return tuple(_freeze_json(child) for child in value)
     return value
