@@ -5,6 +5,8 @@ Configuration (`pulumi config set fleetid:<key> <value>`): `fleet` (fleet.yaml),
 and, as secrets, every connection secret fleet.yaml names with `config:`.
 """
 
+import gc
+
 import pulumi
 
 from components import (
@@ -26,6 +28,11 @@ from components import (
 )
 from fleetid.fleet.compile import compile_sources
 from fleetid.fleet.load import read_sources
+
+# NOTE: the program holds every resource it registers until it ends and forms no cycles
+# worth collecting; the cyclic collector would only walk that growing heap again and again,
+# which makes a large fleet's program grow faster than its resource count.
+gc.disable()
 
 config = pulumi.Config("fleetid")
 sources = read_sources(config.get("fleet") or "fleet.yaml")
