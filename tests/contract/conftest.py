@@ -5,58 +5,22 @@ are hidden, and a guard fails any connection to an address other than 127.0.0.1,
 moto server listens.
 """
 
-import os
-import socket
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from isolation import LOOPBACK, fake_aws_environment, loopback_only
 from moto.server import ThreadedMotoServer
-
-LOOPBACK = "127.0.0.1"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def aws_environment() -> Iterator[None]:
-    """Fake credentials and a fixed region, so that nothing real is found or used."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("AWS_"):
-                patch.delenv(name)
-
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_SESSION_TOKEN", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_CONFIG_FILE", os.devnull)
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with fake_aws_environment():
         yield
 
 
 @pytest.fixture(scope="session", autouse=True)
-def loopback_only() -> Iterator[None]:
-    """Refuse name lookups and connections for any host but the loopback address."""
-    connect = socket.socket.connect
-    getaddrinfo = socket.getaddrinfo
-
-    def guarded_connect(sock: socket.socket, address: Any) -> None:
-        internet = sock.family in (socket.AF_INET, socket.AF_INET6)
-        if internet and address[0] != LOOPBACK:
-            raise RuntimeError(f"contract tests may only connect to {LOOPBACK}")
-
-        connect(sock, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        # A lookup would already leak the name of the service a test meant to reach.
-        if host not in (LOOPBACK, "localhost", None):
-            raise RuntimeError(f"contract tests may only look up {LOOPBACK}")
-
-        return getaddrinfo(host, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", guarded_connect)
-        patch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+def loopback_only_here() -> Iterator[None]:
+    with loopback_only("contract tests"):
         yield
 
 

@@ -7,9 +7,7 @@ connection or name lookup.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,9 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from isolation import fake_aws_environment, loopback_only
 from moto import mock_aws
-from peerkit import CLIENT_SECRET, LOOPBACK, Peer, install_peer
+from peerkit import CLIENT_SECRET, Peer, install_peer
 from vaultkit import (
     FLEET,
     REDIRECT_URI,
@@ -36,44 +35,13 @@ from fleetid.vault import EnvironmentSecrets, LocalEnvelope, Vault
 
 @pytest.fixture(scope="session", autouse=True)
 def aws_environment() -> Iterator[None]:
-    """Fake credentials and a fixed region, so that nothing real is found or used."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("AWS_"):
-                patch.delenv(name)
-
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_SESSION_TOKEN", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_CONFIG_FILE", os.devnull)
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with fake_aws_environment():
         yield
 
 
 @pytest.fixture(scope="session", autouse=True)
-def loopback_only() -> Iterator[None]:
-    """Refuse name lookups and connections for any host but the loopback address."""
-    connect = socket.socket.connect
-    getaddrinfo = socket.getaddrinfo
-
-    def guarded_connect(sock: socket.socket, address: Any) -> None:
-        internet = sock.family in (socket.AF_INET, socket.AF_INET6)
-        if internet and address[0] != LOOPBACK:
-            raise RuntimeError(f"vault tests may only connect to {LOOPBACK}")
-
-        connect(sock, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host not in (LOOPBACK, "localhost", None):
-            raise RuntimeError(f"vault tests may only look up {LOOPBACK}")
-
-        return getaddrinfo(host, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", guarded_connect)
-        patch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+def loopback_only_here() -> Iterator[None]:
+    with loopback_only("vault tests"):
         yield
 
 
