@@ -227,19 +227,23 @@ def _compile(loaded: LoadedFleet) -> Revision:
             key=lambda rule: rule.id,
         )
     )
-    rules_for: dict[tuple[str, str], list[CompiledRule]] = {}
+    rules_for: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
     scope_roles: dict[tuple[str, str], frozenset[str]] = {}
     for resource_name, resource in fleet.resources.items():
         for scope_name, scope in resource.scopes.items():
             scope_roles[(resource_name, scope_name)] = frozenset(scope.roles)
-            covering = [rule for rule in rules if rule.covers(resource_name, scope_name)]
+            covering = tuple(rule for rule in rules if rule.covers(resource_name, scope_name))
             if covering:
                 rules_for[(resource_name, scope_name)] = covering
 
-    agent_scopes = {
-        (agent_name, resource_name): frozenset(scopes)
-        for agent_name, agent in fleet.agents.items()
-        for resource_name, scopes in agent.scopes.items()
+    # One set per agent and resource, shared by the per-agent entries and the flat maps.
+    agents = {
+        name: AgentEntry(
+            scopes={resource: frozenset(listed) for resource, listed in agent.scopes.items()},
+            tenants=frozenset(agent.tenants),
+            roles=frozenset(agent.roles),
+        )
+        for name, agent in fleet.agents.items()
     }
     group_roles = {
         tenant_name: MappingProxyType(
@@ -268,14 +272,6 @@ def _compile(loaded: LoadedFleet) -> Revision:
         }
         for resource_name, resource in fleet.resources.items()
     }
-    agents = {
-        name: AgentEntry(
-            scopes={resource: frozenset(listed) for resource, listed in agent.scopes.items()},
-            tenants=frozenset(agent.tenants),
-            roles=frozenset(agent.roles),
-        )
-        for name, agent in fleet.agents.items()
-    }
     return Revision(
         agents=agents,
         scopes=scopes,
@@ -289,16 +285,18 @@ def _compile(loaded: LoadedFleet) -> Revision:
         connection_by_urn=MappingProxyType(
             {connection_urn(name): name for name in fleet.connections}
         ),
-        agent_scopes=MappingProxyType(agent_scopes),
+        agent_scopes=MappingProxyType(
+            {
+                (name, resource): listed
+                for name, entry in agents.items()
+                for resource, listed in entry.scopes.items()
+            }
+        ),
         scope_roles=MappingProxyType(scope_roles),
         group_roles=MappingProxyType(group_roles),
-        rules_for=MappingProxyType({key: tuple(value) for key, value in rules_for.items()}),
-        agent_tenants=MappingProxyType(
-            {name: frozenset(agent.tenants) for name, agent in fleet.agents.items()}
-        ),
-        agent_roles=MappingProxyType(
-            {name: frozenset(agent.roles) for name, agent in fleet.agents.items()}
-        ),
+        rules_for=MappingProxyType(rules_for),
+        agent_tenants=MappingProxyType({name: entry.tenants for name, entry in agents.items()}),
+        agent_roles=MappingProxyType({name: entry.roles for name, entry in agents.items()}),
     )
 
 
