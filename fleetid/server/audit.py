@@ -91,11 +91,13 @@ def _actors(act: Mapping[str, Any] | None) -> list[str]:
 
 class AuditSink(ABC):
     def record(self, event: Mapping[str, Any]) -> None:
-        logger.info("%s", json.dumps(event, separators=(",", ":"), sort_keys=True))
-        self.write(event)
+        line = json.dumps(event, separators=(",", ":"), sort_keys=True)
+        logger.info("%s", line)
+        self.write(event, line)
 
     @abstractmethod
-    def write(self, event: Mapping[str, Any]) -> None: ...
+    def write(self, event: Mapping[str, Any], line: str) -> None:
+        """Keep the event; `line` is its JSON text, as logged."""
 
 
 class JsonlAudit(AuditSink):
@@ -106,10 +108,10 @@ class JsonlAudit(AuditSink):
         self._lock = threading.Lock()
         self._descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def write(self, event: Mapping[str, Any]) -> None:
-        line = (json.dumps(event, separators=(",", ":"), sort_keys=True) + "\n").encode()
+    def write(self, event: Mapping[str, Any], line: str) -> None:
+        encoded = f"{line}\n".encode()
         with self._lock:
-            os.write(self._descriptor, line)
+            os.write(self._descriptor, encoded)
 
     def close(self) -> None:
         os.close(self._descriptor)
@@ -119,7 +121,7 @@ class StoreAudit(AuditSink):
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def write(self, event: Mapping[str, Any]) -> None:
+    def write(self, event: Mapping[str, Any], line: str) -> None:
         self.store.append_audit({**event, "agent": event.get("agent") or ""})
 
 

@@ -9,6 +9,12 @@ token belongs to) and the RFC 8693 `act` chain.
 
 Opaque secrets (authorization codes, refresh tokens) are random 256-bit strings; the store
 keeps only their SHA-256 digests, so a copy of the store redeems nothing.
+
+An agent presents the same sign-in token for exchange after exchange, so the outcome of
+checking a token's signature is remembered (bounded, per key set, never past the token's
+expiry): the signature of a given string under given keys never changes, and checking it
+again is most of an exchange's cost. Only tokens that passed are remembered, so forged
+ones cannot crowd the memory; expiry and revocation are still checked on every use.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from joserfc import jwt
@@ -45,6 +53,8 @@ _ALGORITHMS = ("RS256", "ES256")
 _REQUIRED = ("exp", "iat", "jti", "sub", "client_id")
 # A token of this server is a few hundred bytes; anything far larger is not one.
 _MAX_TOKEN_LENGTH = 16 * 1024
+# Tokens whose signature check is remembered: a few MB at most.
+_VERIFIED_CACHE = 4096
 
 
 def agent_audience(agent: str) -> str:
@@ -116,6 +126,7 @@ class TokenService:
         self._custody_for = custody_for
         self._custodies: dict[Algorithm, KeyCustody] = {}
         self._keys: KeySet | None = None
+        self._verified: OrderedDict[str, VerifiedToken] = OrderedDict()
         self._lock = threading.Lock()
         self.custody(default_algorithm)
 
@@ -135,7 +146,12 @@ class TokenService:
         for algorithm in algorithms:
             # Loads the ring, or generates it on the first start.
             self.custody(algorithm).active_key()
+        self._forget_keys()
+
+    def _forget_keys(self) -> None:
+        """Rebuild the verification key set on next use, and check every token anew."""
         self._keys = None
+        self._verified = OrderedDict()
 
     def jwks(self) -> dict[str, Any]:
         custodies = list(self._custodies.values())
@@ -185,6 +201,23 @@ class TokenService:
 
         Revocation is the caller's concern: it needs the store.
         """
+        remembered = self._verified
+        verified = remembered.get(token)
+        if verified is None:
+            verified = self._check_signature(token)
+            if verified is None:
+                return None
+            with self._lock:
+                remembered[token] = verified
+                if len(remembered) > _VERIFIED_CACHE:
+                    remembered.popitem(last=False)
+        if verified.expires_at + _LEEWAY < now:
+            remembered.pop(token, None)
+            return None
+        return verified
+
+    def _check_signature(self, token: str) -> VerifiedToken | None:
+        """The token's claims when its signature, type, issuer and claims hold."""
         if len(token) > _MAX_TOKEN_LENGTH:
             return None
         try:
@@ -192,7 +225,7 @@ class TokenService:
                 decoded = jwt.decode(token, self._key_set(), algorithms=list(_ALGORITHMS))
             except InvalidKeyIdError:
                 # An unknown kid may be a key published since the set was built (rotation).
-                self._keys = None
+                self._forget_keys()
                 decoded = jwt.decode(token, self._key_set(), algorithms=list(_ALGORITHMS))
         except (JoseError, ValueError):
             return None
@@ -203,10 +236,9 @@ class TokenService:
             return None
         if any(name not in claims for name in _REQUIRED):
             return None
-        expires_at = claims["exp"]
-        if not isinstance(expires_at, int) or expires_at + _LEEWAY < now:
+        if not isinstance(claims["exp"], int):
             return None
-        return VerifiedToken(claims)
+        return VerifiedToken(MappingProxyType(claims))
 
     def _key_set(self) -> KeySet:
         keys = self._keys

@@ -7,7 +7,11 @@ every response, success or error, carries `Cache-Control: no-store`.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from serverkit import (
     AUTHORIZATION_CODE,
     CLIENT_CREDENTIALS,
@@ -21,6 +25,7 @@ from serverkit import (
     oauth_error,
 )
 
+from fleetid.server.app import form_pairs
 from fleetid.server.context import MAX_BODY_BYTES
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -285,3 +290,37 @@ def test_the_token_endpoint_accepts_only_post(server: Server) -> None:
     response = server.client.get("/token", params={"grant_type": CLIENT_CREDENTIALS})
 
     assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+def test_a_refused_client_gets_a_json_error_with_its_challenge(server: Server) -> None:
+    response = server.client.post(
+        "/token",
+        data={"grant_type": CLIENT_CREDENTIALS},
+        headers={"Authorization": "Basic bm9ib2R5Om5vdGhpbmc="},
+    )
+
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["www-authenticate"].startswith("Basic")
+    assert response.json()["error"] == "invalid_client"
+
+
+_FORM_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]))
+
+
+@given(st.lists(st.tuples(_FORM_TEXT, _FORM_TEXT), max_size=20))
+def test_form_bodies_read_back_as_they_were_encoded(pairs: list[tuple[str, str]]) -> None:
+    # An empty name and value encode to "=", which is not an empty field and reads back.
+    assert form_pairs(urlencode(pairs)) == pairs
+
+
+@given(st.text(alphabet="ab=&+%2Ce\u00e9", max_size=40))
+def test_form_bodies_read_as_the_standard_library_reads_them(text: str) -> None:
+    try:
+        expected = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        with pytest.raises(UnicodeDecodeError):
+            form_pairs(text)
+        return
+    assert form_pairs(text) == expected

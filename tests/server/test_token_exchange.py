@@ -101,6 +101,28 @@ def test_an_expired_subject_token_is_invalid_grant(server: Server) -> None:
     assert oauth_error(response) == "invalid_grant"
 
 
+def test_a_subject_token_that_served_before_is_refused_once_expired(server: Server) -> None:
+    # The first exchange has its signature check remembered; expiry is checked on each use.
+    subject = _sign_in_token(server)
+    assert server.exchange(SALES, subject, CRM).status_code == 200
+    server.clock.advance(15 * 60 + 10)
+
+    response = server.exchange(SALES, subject, CRM)
+
+    assert oauth_error(response) == "invalid_grant"
+
+
+def test_a_subject_token_that_served_before_is_refused_once_revoked(server: Server) -> None:
+    subject = _sign_in_token(server)
+    assert server.exchange(SALES, subject, CRM).status_code == 200
+    revoked = server.post_form("/revoke", {"token": subject}, agent=SALES)
+    assert revoked.status_code == 200
+
+    response = server.exchange(SALES, subject, CRM)
+
+    assert oauth_error(response) == "invalid_grant"
+
+
 @pytest.mark.parametrize("subject", ["garbage", "a.b.c", "e30.e30.", "x" * 20000])
 def test_a_garbage_subject_token_is_invalid_grant(server: Server, subject: str) -> None:
     response = server.exchange(SALES, subject, CRM)
@@ -212,6 +234,7 @@ def test_an_exchange_for_two_resources_is_invalid_target(server: Server) -> None
 @pytest.mark.parametrize("name", ["audience", "resource"])
 def test_an_agents_urn_gives_a_token_addressed_to_that_agent(server: Server, name: str) -> None:
     subject = _sign_in_token(server)
+    asked_at = int(server.clock())
 
     response = server.exchange(SALES, subject, agent_urn(SUPPORT), target_name=name)
 
@@ -223,7 +246,8 @@ def test_an_agents_urn_gives_a_token_addressed_to_that_agent(server: Server, nam
     assert claims["client_id"] == SALES
     assert claims["scope"] == ""
     assert claims["act"] == {"sub": SALES}
-    assert body["expires_in"] <= claims_of(subject)["exp"] - int(server.clock())
+    # Not beyond the sign-in token's own expiry, counted from when the exchange began.
+    assert body["expires_in"] <= claims_of(subject)["exp"] - asked_at
 
 
 def test_the_addressed_agent_exchanges_it_in_turn_with_a_nested_act_chain(server: Server) -> None:
