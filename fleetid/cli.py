@@ -278,6 +278,11 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     from fleetid.server.local import LocalState, RevisionWatcher, open_local
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Every token request writes log lines; the format uses none of the record's thread,
+    # process or caller fields, so the logging module need not look them up (its own
+    # advice for speed).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     base = issuer or f"http://{host}:{port}"
     try:
         context = open_local(fleet, LocalState(Path(state)), base)

@@ -8,10 +8,12 @@ and never handles a private key. That is what lets one `encode_jwt` serve all th
 
 from __future__ import annotations
 
-import json
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeAlias
+
+import orjson
 
 from fleetid.keys.algorithms import Algorithm
 from fleetid.keys.errors import SigningKeyChanged
@@ -79,8 +81,7 @@ def encode_jwt(custody: KeyCustody, claims: Mapping[str, Any], *, typ: str = "at
 
     for _ in range(SIGNING_ATTEMPTS):
         kid, alg = custody.active_key()
-        header = base64url_encode(_compact_json({"alg": alg, "kid": kid, "typ": typ}))
-        signing_input = f"{header}.{payload}"
+        signing_input = f"{_header(alg, kid, typ)}.{payload}"
 
         signature = custody.sign(signing_input.encode("ascii"))
         if (signature.kid, signature.alg) == (kid, alg):
@@ -89,8 +90,13 @@ def encode_jwt(custody: KeyCustody, claims: Mapping[str, Any], *, typ: str = "at
     raise SigningKeyChanged()
 
 
-def _compact_json(value: Mapping[str, Any]) -> bytes:
-    # RFC 7519 §7.1 signs the UTF-8 octets of the JSON; NaN and Infinity are not JSON at all.
-    text = json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+@functools.lru_cache(maxsize=64)
+def _header(alg: str, kid: str, typ: str) -> str:
+    """The encoded JWS header: the same few for every token a key signs."""
+    return base64url_encode(_compact_json({"alg": alg, "kid": kid, "typ": typ}))
 
-    return text.encode("utf-8")
+
+def _compact_json(value: Mapping[str, Any]) -> bytes:
+    # RFC 7519 §7.1 signs the UTF-8 octets of the JSON; orjson writes UTF-8 and has no NaN
+    # or Infinity (it writes them as null), so what is signed is always JSON.
+    return orjson.dumps(dict(value))

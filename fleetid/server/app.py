@@ -12,13 +12,14 @@ make it log a secret.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -73,7 +74,7 @@ def _json(
     body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] = _NO_STORE
 ) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":")),
+        orjson.dumps(body),
         status_code=status,
         media_type="application/json",
         headers=dict(headers),
@@ -156,8 +157,18 @@ def form_pairs(text: str) -> list[tuple[str, str]]:
 
 def _unquote(part: str) -> str:
     if "%" in part or "+" in part:
-        return unquote_plus(part, errors="strict")
+        return _unquote_short(part) if len(part) <= _SHORT else unquote_plus(part, errors="strict")
     return part
+
+
+# The escaped values of token requests are few and repeat: grant and token type URNs,
+# resource URLs, scopes.
+_SHORT = 200
+
+
+@functools.lru_cache(maxsize=1024)
+def _unquote_short(part: str) -> str:
+    return unquote_plus(part, errors="strict")
 
 
 def _client(
@@ -351,7 +362,7 @@ class _Front:
         except Exception as failure:
             error = _as_oauth_error(failure, "/token")
             status, body, headers = error.status, error.body(), {**_NO_STORE, **error.headers}
-        await _send(send, status, json.dumps(body, separators=(",", ":")).encode(), headers)
+        await _send(send, status, orjson.dumps(body), headers)
         return status
 
 

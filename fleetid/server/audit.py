@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fleetid.policy.decide import Decision
 from fleetid.store import Store
 
@@ -91,7 +93,7 @@ def _actors(act: Mapping[str, Any] | None) -> list[str]:
 
 class AuditSink(ABC):
     def record(self, event: Mapping[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), sort_keys=True)
+        line = orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
         logger.info("%s", line)
         self.write(event, line)
 

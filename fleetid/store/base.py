@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
 
+import orjson
+
 from fleetid.store.errors import StoreError
 
 __all__ = [
@@ -200,7 +202,7 @@ def encode_value(value: Mapping[str, Any]) -> str:
 def decode_object(encoded: str) -> dict[str, Any]:
     """Decode a value or audit event written by ``encode_value`` or ``encode_audit_event``."""
     try:
-        decoded = json.loads(encoded)
+        decoded = orjson.loads(encoded)
     except (TypeError, ValueError) as exc:
         raise StoreError("stored record is not valid JSON") from exc
 
