@@ -36,9 +36,9 @@ from fleetid.server.errors import (
     ServerError,
     TemporarilyUnavailable,
 )
-from fleetid.server.issuance import TokenRequest, refusal_description, require_grant
+from fleetid.server.issuance import TokenRequest, refusal_description
+from fleetid.server.revocation import LiveToken
 from fleetid.server.signin import SignInFailed, render_page
-from fleetid.server.tokens import VerifiedToken
 from fleetid.vault import (
     ApiKeyMissing,
     LinkBroken,
@@ -62,14 +62,13 @@ _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 def fetch_connection(
     context: ServerContext,
     request: TokenRequest,
-    subject: VerifiedToken,
+    presented: LiveToken,
     connection: str,
     act: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     if context.vault is None:
         raise InvalidTarget("this server keeps no connections")
-    grant_id = subject.claims.get("sid")
-    person = require_grant(context, grant_id).subject if isinstance(grant_id, str) else None
+    person = presented.grant.subject if presented.grant is not None else None
     decision = decide_connection(request.revision, request.client.client_id, connection, person)
     if not decision.granted:
         _audit(context, "connection_refused", decision=decision, act=act)

@@ -16,7 +16,7 @@ from fleetid.server.context import ServerContext
 from fleetid.server.errors import InvalidRequest
 from fleetid.server.grants.delegated import REFRESH_NAMESPACE
 from fleetid.server.issuance import load_grant
-from fleetid.server.revocation import is_revoked
+from fleetid.server.revocation import NotLive, live_token
 from fleetid.server.tokens import VerifiedToken, agent_audience, digest
 
 __all__ = ["introspect"]
@@ -46,10 +46,11 @@ def introspect(
 
     verified = context.tokens.verify(token, now=now)
     if verified is not None:
-        if not _concerns(verified, client.client_id) or is_revoked(context, verified.jti):
+        if not _concerns(verified, client.client_id):
             return dict(_INACTIVE)
-        grant_id = verified.claims.get("sid")
-        if isinstance(grant_id, str) and load_grant(context, grant_id) is None:
+        try:
+            live_token(context, token, now=now)
+        except NotLive:
             return dict(_INACTIVE)
         response: dict[str, Any] = {"active": True, "token_type": "Bearer"}
         response.update(

@@ -25,6 +25,7 @@ from fleetid.server.clients import AuthenticatedClient
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import InvalidGrant, InvalidScope, InvalidTarget
 from fleetid.server.tokens import AGENT_AUDIENCE_PREFIX
+from fleetid.store import Record
 
 __all__ = [
     "GRANT_NAMESPACE",
@@ -33,6 +34,7 @@ __all__ = [
     "Issued",
     "Target",
     "TokenRequest",
+    "grant_from_record",
     "issue_for_resource",
     "load_grant",
     "refusal_description",
@@ -94,7 +96,11 @@ class Grant:
 
 def load_grant(context: ServerContext, grant_id: str) -> Grant | None:
     """The grant, or None when it is unknown, expired or revoked."""
-    record = context.store.get(GRANT_NAMESPACE, grant_id)
+    return grant_from_record(grant_id, context.store.get(GRANT_NAMESPACE, grant_id))
+
+
+def grant_from_record(grant_id: str, record: Record | None) -> Grant | None:
+    """The grant a stored record holds, or None when there is none or it is revoked."""
     if record is None or record.value.get("revoked"):
         return None
     value = record.value

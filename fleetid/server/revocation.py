@@ -9,23 +9,58 @@ a revocation only through introspection; the short lifetimes bound the rest.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from fleetid.server.audit import audit_event
 from fleetid.server.clients import AuthenticatedClient
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import InvalidRequest, UnsupportedTokenType
 from fleetid.server.grants.delegated import REFRESH_NAMESPACE
-from fleetid.server.issuance import revoke_grant
-from fleetid.server.tokens import digest
+from fleetid.server.issuance import GRANT_NAMESPACE, Grant, grant_from_record, revoke_grant
+from fleetid.server.tokens import VerifiedToken, digest
 
-__all__ = ["REVOKED_NAMESPACE", "is_revoked", "revoke"]
+__all__ = ["REVOKED_NAMESPACE", "LiveToken", "NotLive", "live_token", "revoke"]
 
 REVOKED_NAMESPACE = "revoked"
 _HINTS = frozenset({"access_token", "refresh_token"})
 
 
-def is_revoked(context: ServerContext, jti: str) -> bool:
-    return context.store.get(REVOKED_NAMESPACE, jti) is not None
+@dataclass(frozen=True, slots=True)
+class LiveToken:
+    """An access token presented to this server that still holds, and its sign-in."""
+
+    token: VerifiedToken
+    grant: Grant | None
+    """The sign-in a delegated token belongs to (its `sid`); None for a machine token."""
+
+
+class NotLive(Exception):
+    """Why a presented token is refused, in words for the client; never the token."""
+
+
+def live_token(context: ServerContext, token: str, *, now: float) -> LiveToken:
+    """The token when this server issued it, it has not expired, it was not revoked, and
+    the sign-in it belongs to (if any) was neither revoked nor has ended; else `NotLive`.
+
+    Both records, the token's revocation and its sign-in, are read in one store request.
+    """
+    verified = context.tokens.verify(token, now=now)
+    if verified is None:
+        raise NotLive("the token is not a valid, unexpired token of this server")
+    revoked = (REVOKED_NAMESPACE, verified.jti)
+    grant_id = verified.claims.get("sid")
+    addresses = [revoked]
+    if isinstance(grant_id, str):
+        addresses.append((GRANT_NAMESPACE, grant_id))
+    records = context.store.get_many(addresses)
+    if revoked in records:
+        raise NotLive("the token was revoked")
+    if not isinstance(grant_id, str):
+        return LiveToken(verified, None)
+    grant = grant_from_record(grant_id, records.get((GRANT_NAMESPACE, grant_id)))
+    if grant is None:
+        raise NotLive("the sign-in this token belongs to has expired or was revoked")
+    return LiveToken(verified, grant)
 
 
 def revoke(context: ServerContext, client: AuthenticatedClient, form: Mapping[str, str]) -> None:

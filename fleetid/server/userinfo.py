@@ -10,8 +10,8 @@ from typing import Any
 
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import InsufficientScope, InvalidToken
-from fleetid.server.issuance import load_grant, subject_claim
-from fleetid.server.revocation import is_revoked
+from fleetid.server.issuance import subject_claim
+from fleetid.server.revocation import NotLive, live_token
 
 __all__ = ["userinfo"]
 
@@ -29,17 +29,17 @@ def userinfo(context: ServerContext, token: str | None) -> dict[str, Any]:
             "a bearer token is required",
             headers={"WWW-Authenticate": 'Bearer realm="fleetid"'},
         )
-    verified = context.tokens.verify(token, now=context.clock())
-    if verified is None or is_revoked(context, verified.jti):
-        description = "the access token is invalid, expired or revoked"
-        raise InvalidToken(description, headers=_challenge("invalid_token", description))
-    if "openid" not in verified.scopes:
+    try:
+        presented = live_token(context, token, now=context.clock())
+    except NotLive as refused:
+        description = str(refused)
+        raise InvalidToken(description, headers=_challenge("invalid_token", description)) from None
+    if "openid" not in presented.token.scopes:
         description = "the token lacks the openid scope"
         raise InsufficientScope(description, headers=_challenge("insufficient_scope", description))
-    grant_id = verified.claims.get("sid")
-    grant = load_grant(context, grant_id) if isinstance(grant_id, str) else None
+    grant = presented.grant
     if grant is None:
-        description = "the sign-in this token belongs to has ended"
+        description = "the token belongs to no person's sign-in"
         raise InvalidToken(description, headers=_challenge("invalid_token", description))
 
     claims: dict[str, Any] = {

@@ -36,7 +36,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -47,6 +47,7 @@ from fleetid.store.errors import StoreError
 
 __all__ = [
     "MAX_AUDIT_TIME",
+    "MAX_BATCH",
     "MAX_ENCODED_BYTES",
     "MAX_KEY_BYTES",
     "Clock",
@@ -58,12 +59,15 @@ __all__ = [
     "unix_now",
     "validate_address",
     "validate_audit_query",
+    "validate_batch",
     "validate_expires_at",
     "validate_version",
 ]
 
 MAX_KEY_BYTES: Final = 1024
 MAX_ENCODED_BYTES: Final = 350_000
+# What DynamoDB's BatchGetItem reads in one request.
+MAX_BATCH: Final = 100
 # Eleven integer digits cover every time before the year 5000 and keep fixed-width time
 # strings (DynamoDB sort keys) in numeric order.
 MAX_AUDIT_TIME: Final = 10**11
@@ -98,6 +102,19 @@ class Store(ABC):
     @abstractmethod
     def get(self, namespace: str, key: str) -> Record | None:
         """Return the live record under the key, or None."""
+
+    def get_many(self, addresses: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        """The live records at these (namespace, key) addresses; absent ones are left out.
+
+        For requests that need several records at once; a backend that reads them in one
+        statement or round trip overrides this. At most `MAX_BATCH` addresses.
+        """
+        found: dict[tuple[str, str], Record] = {}
+        for namespace, key in validate_batch(addresses):
+            record = self.get(namespace, key)
+            if record is not None:
+                found[(namespace, key)] = record
+        return found
 
     @abstractmethod
     def replace(
@@ -162,6 +179,15 @@ def validate_address(namespace: str, key: str) -> None:
 
     if len(key.encode()) > MAX_KEY_BYTES:
         raise ValueError(f"key must be at most {MAX_KEY_BYTES} bytes of UTF-8")
+
+
+def validate_batch(addresses: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The distinct addresses of a `get_many`, in order, once each is checked."""
+    if len(addresses) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} records can be read at once")
+    for namespace, key in addresses:
+        validate_address(namespace, key)
+    return list(dict.fromkeys(addresses))
 
 
 def validate_expires_at(expires_at: int | None) -> None:

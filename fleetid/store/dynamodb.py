@@ -52,7 +52,7 @@ The key schema is exported (``KEY_SCHEMA``, ``ATTRIBUTE_DEFINITIONS``,
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
 import boto3
@@ -69,6 +69,7 @@ from fleetid.store.base import (
     unix_now,
     validate_address,
     validate_audit_query,
+    validate_batch,
     validate_expires_at,
     validate_version,
 )
@@ -115,6 +116,9 @@ GLOBAL_SECONDARY_INDEXES: Final[tuple[Mapping[str, Any], ...]] = (
 _RECORD_SORT_KEY: Final = "record"
 _AUDIT_PARTITION_PREFIX: Final = "!audit#"
 _AUDIT_FEED: Final = "all"
+# Rounds of a BatchGetItem that DynamoDB answers only in part, and the first pause between.
+_BATCH_ATTEMPTS: Final = 5
+_BATCH_BACKOFF: Final = 0.05
 
 _LIVE: Final = "(attribute_not_exists(#expires_at) OR #expires_at > :now)"
 _RECORD_NAMES: Final = {"#pk": HASH_KEY, "#expires_at": TTL_ATTRIBUTE}
@@ -217,6 +221,34 @@ class DynamoDBStore(Store):
             return None
 
         return record
+
+    def get_many(self, addresses: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        distinct = validate_batch(addresses)
+        if not distinct:
+            return {}
+        found: dict[tuple[str, str], Record] = {}
+        pending: dict[str, Any] = {
+            self._table_name: {
+                "Keys": [_record_key(namespace, key) for namespace, key in distinct],
+                "ConsistentRead": True,
+            }
+        }
+        for attempt in range(_BATCH_ATTEMPTS):
+            if attempt:
+                # DynamoDB returns what it could not read under load; back off, then ask again.
+                time.sleep(_BATCH_BACKOFF * 2 ** (attempt - 1))
+            response = self._call("batch_get_item", RequestItems=pending)
+            now = unix_now(self._clock)
+            for item in response.get("Responses", {}).get(self._table_name, []):
+                record = _record(item)
+                if record.expires_at is None or record.expires_at > now:
+                    # Namespaces hold no "#", so the first one ends the namespace.
+                    namespace, _, key = str(item[HASH_KEY]["S"]).partition("#")
+                    found[(namespace, key)] = record
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                return found
+        raise StoreUnavailableError("DynamoDB store left records unread during get_many")
 
     def replace(
         self,
@@ -341,11 +373,14 @@ class DynamoDBStore(Store):
             return None
 
     def _send(self, operation: str, **params: Any) -> dict[str, Any]:
+        return self._call(operation, TableName=self._table_name, **params)
+
+    def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         if self._closed:
             raise StoreError("DynamoDB store is closed")
 
         try:
-            response = getattr(self._client, operation)(TableName=self._table_name, **params)
+            response = getattr(self._client, operation)(**params)
         except botocore_exceptions.ClientError as exc:
             if _error_code(exc) == "ConditionalCheckFailedException":
                 raise _ConditionFailedError from exc

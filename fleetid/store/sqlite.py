@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -38,6 +38,7 @@ from fleetid.store.base import (
     unix_now,
     validate_address,
     validate_audit_query,
+    validate_batch,
     validate_expires_at,
     validate_version,
 )
@@ -159,6 +160,26 @@ class SQLiteStore(Store):
             ).fetchone()
 
         return None if row is None else _record(row)
+
+    def get_many(self, addresses: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        distinct = validate_batch(addresses)
+        if not distinct:
+            return {}
+        now = unix_now(self._clock)
+        # One statement, so one read transaction, whatever the number of records. The text
+        # is the same condition repeated; every value is a bound parameter.
+        matches = " OR ".join(["(namespace = ? AND key = ?)"] * len(distinct))
+        parameters = [part for address in distinct for part in address]
+
+        query = (
+            "SELECT namespace, key, value, version, expires_at FROM records "  # noqa: S608
+            f"WHERE ({matches}) AND (expires_at IS NULL OR expires_at > ?)"
+        )
+
+        with self._connection("get_many") as connection:
+            rows = connection.execute(query, (*parameters, now)).fetchall()
+
+        return {(row[0], row[1]): _record(row[2:]) for row in rows}
 
     def replace(
         self,

@@ -150,6 +150,42 @@ def test_get_of_an_absent_key_is_none(store: Store) -> None:
     assert store.get("auth_code", KEY) is None
 
 
+def test_get_many_returns_the_live_records_it_finds(store: Store, clock: ManualClock) -> None:
+    now = int(clock.now)
+    store.create("grant", "g1", {"n": 1}, expires_at=now + 60)
+    store.create("revoked", "j1", {}, expires_at=now + 60)
+    store.create("revoked", "j2", {}, expires_at=now + 1)
+    store.create("grant", "g#2", {"n": 2}, expires_at=None)
+    clock.advance(2)
+
+    found = store.get_many(
+        [("grant", "g1"), ("revoked", "j1"), ("revoked", "j2"), ("grant", "g#2"), ("grant", "x")]
+    )
+
+    assert found == {
+        ("grant", "g1"): Record(value={"n": 1}, version=1, expires_at=now + 60),
+        ("revoked", "j1"): Record(value={}, version=1, expires_at=now + 60),
+        ("grant", "g#2"): Record(value={"n": 2}, version=1, expires_at=None),
+    }
+
+
+def test_get_many_of_nothing_or_of_one_address_twice(store: Store) -> None:
+    store.create("grant", "g1", {"n": 1}, expires_at=None)
+
+    assert store.get_many([]) == {}
+    assert list(store.get_many([("grant", "g1"), ("grant", "g1")])) == [("grant", "g1")]
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [[("Grant", "g1")], [("grant", "")], [("grant", f"k{n}") for n in range(101)]],
+    ids=["bad namespace", "empty key", "too many"],
+)
+def test_get_many_refuses_bad_addresses(store: Store, addresses: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError):
+        store.get_many(addresses)
+
+
 def test_create_does_not_overwrite_a_live_record(store: Store) -> None:
     assert store.create("auth_code", KEY, {"n": 1}, expires_at=None)
 

@@ -170,13 +170,17 @@ def test_a_revoked_subject_token_is_invalid_grant(server: Server) -> None:
     assert oauth_error(response) == "invalid_grant"
 
 
-def test_a_subject_token_of_a_revoked_sign_in_is_invalid_grant(server: Server) -> None:
+@pytest.mark.parametrize("target", [CRM, agent_urn(SUPPORT)], ids=["resource", "agent"])
+def test_a_subject_token_of_a_revoked_sign_in_is_invalid_grant(
+    server: Server, target: str
+) -> None:
     tokens = server.tokens_for(SALES, "bob", scope="openid crm:read tools:search")
     server.post_form("/revoke", {"token": tokens["refresh_token"]}, agent=SALES)
 
-    response = server.exchange(SALES, tokens["access_token"], CRM)
+    response = server.exchange(SALES, tokens["access_token"], target)
 
     assert oauth_error(response) == "invalid_grant"
+    assert "sign-in" in response.json()["error_description"]
 
 
 def test_an_actor_token_is_invalid_request(server: Server) -> None:

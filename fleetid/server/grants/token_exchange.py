@@ -20,10 +20,9 @@ from fleetid.server.issuance import (
     Target,
     TokenRequest,
     issue_for_resource,
-    require_grant,
     resolve_target,
 )
-from fleetid.server.revocation import is_revoked
+from fleetid.server.revocation import NotLive, live_token
 from fleetid.server.tokens import ACCESS_TOKEN_TYPE, VerifiedToken, agent_audience
 
 __all__ = ["GRANT_TYPE", "token_exchange"]
@@ -52,9 +51,11 @@ def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, A
     if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
         raise InvalidRequest(f"only {ACCESS_TOKEN_TYPE} can be issued")
 
-    subject = context.tokens.verify(subject_token, now=now)
-    if subject is None or is_revoked(context, subject.jti):
-        raise InvalidGrant("the subject_token is not a valid, unexpired token of this server")
+    try:
+        presented = live_token(context, subject_token, now=now)
+    except NotLive as refused:
+        raise InvalidGrant(f"subject_token: {refused}") from None
+    subject = presented.token
     _check_addressed_to(subject, client.client_id)
 
     target = resolve_target(revision, targets)
@@ -65,13 +66,12 @@ def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, A
     if target.agent is not None:
         return _for_agent(context, request, subject, target, act)
     if target.connection is not None:
-        return fetch_connection(context, request, subject, target.connection, act)
+        return fetch_connection(context, request, presented, target.connection, act)
 
     assert target.resource is not None
-    grant_id = subject.claims.get("sid")
+    grant = presented.grant
     requested = tuple(form.get("scope", "").split())
-    if isinstance(grant_id, str):
-        grant = require_grant(context, grant_id)
+    if grant is not None:
         consent = grant.consent.get(target.resource, ())
         issued = issue_for_resource(
             context,
