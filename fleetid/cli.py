@@ -296,7 +296,7 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
         for agent in secrets.ensure(sorted(revision.fleet.agents)):
             click.echo(f"new agent {agent}: client_id {agent}")
 
-    watcher = RevisionWatcher(fleet, context, on_switch=on_switch)
+    watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=LocalState(Path(state)))
     revision = context.live.get()
     click.echo(f"fleetid: revision {revision.short} of {revision.fleet.identity.name}")
     click.echo(f"discovery: {context.issuer}/.well-known/openid-configuration")
@@ -527,7 +527,7 @@ def rotate(fleet: str, state: str) -> None:
         after, _ = custody.active_key()
     except KeyCustodyError as exc:
         raise _Failed(f"rotation failed: {exc}") from exc
-    click.echo(f"active key {before} -> {after}; a running server picks it up on restart")
+    click.echo(f"active key {before} -> {after}; a running server adopts it within a second")
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -61,6 +61,10 @@ class KeyCustody(ABC):
     def jwks(self) -> JsonWebKeySet:
         """The public keys of the next, active and unretired previous keys, as a JWK Set."""
 
+    def reload(self) -> None:  # noqa: B027 - optional: most custodies have nothing to reload
+        """Adopt keys changed by another process, such as a rotation; a custody that keeps
+        nothing of its own in memory has nothing to do."""
+
     @abstractmethod
     def rotate(self, *, max_token_lifetime: int) -> None:
         """Make the next key active, retire the active one, and publish a fresh next key.

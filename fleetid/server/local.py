@@ -8,7 +8,8 @@ from their `{env: ...}` references at start and stored encrypted.
 
 A watcher polls fleet.yaml and policies/ once a second. A change is compiled; a valid one
 is switched in whole (`LiveRevision`), an invalid one is refused with the validator's
-errors in the log while the running revision keeps serving.
+errors in the log while the running revision keeps serving. It watches the key rings too:
+after `fleetid keys rotate`, the running server signs with the new active key.
 """
 
 from __future__ import annotations
@@ -103,11 +104,21 @@ def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerConte
     )
 
 
-def _fingerprint(fleet: Path) -> tuple[tuple[str, int, int], ...]:
+def _fleet_files(fleet: Path) -> list[Path]:
     paths = [fleet]
     folder = fleet.parent / "policies"
     if folder.is_dir():
         paths += sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    return paths
+
+
+def _key_files(state: LocalState | None) -> list[Path]:
+    if state is None:
+        return []
+    return [state.keys, *sorted(state.folder.glob("keys-*.json"))]
+
+
+def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
     marks = []
     for path in paths:
         try:
@@ -128,12 +139,15 @@ class RevisionWatcher:
         *,
         interval: float = 1.0,
         on_switch: Callable[[Revision], None] | None = None,
+        state: LocalState | None = None,
     ) -> None:
         self.fleet = Path(fleet)
         self.context = context
         self.interval = interval
         self.on_switch = on_switch
-        self._seen = _fingerprint(self.fleet)
+        self.state = state
+        self._seen = _fingerprint(_fleet_files(self.fleet))
+        self._keys_seen = _fingerprint(_key_files(state))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetid-watcher", daemon=True)
 
@@ -146,11 +160,26 @@ class RevisionWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            self.check_keys()
             self.check()
+
+    def check_keys(self) -> bool:
+        """Adopt the key rings if their files changed; True when they were reloaded."""
+        current = _fingerprint(_key_files(self.state))
+        if current == self._keys_seen:
+            return False
+        self._keys_seen = current
+        try:
+            self.context.tokens.reload_keys()
+        except Exception:
+            logger.exception("reloading the key rings failed; the keys in memory keep signing")
+            return False
+        logger.info("key rings reloaded")
+        return True
 
     def check(self) -> bool:
         """Reload if the files changed; True when a new revision went live."""
-        current = _fingerprint(self.fleet)
+        current = _fingerprint(_fleet_files(self.fleet))
         if current == self._seen:
             return False
         self._seen = current

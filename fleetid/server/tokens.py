@@ -148,6 +148,13 @@ class TokenService:
             self.custody(algorithm).active_key()
         self._forget_keys()
 
+    def reload_keys(self) -> None:
+        """Adopt key rings another process changed (`fleetid keys rotate`): the active key
+        signs from now on, and the JWKS and verification follow."""
+        for custody in list(self._custodies.values()):
+            custody.reload()
+        self._forget_keys()
+
     def _forget_keys(self) -> None:
         """Rebuild the verification key set on next use, and check every token anew."""
         self._keys = None

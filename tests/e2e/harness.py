@@ -457,7 +457,8 @@ class FleetServer:
         material = []
         # keys.json holds the default algorithm's ring; keys-<alg>.json any other's.
         rings = [json.loads(path.read_text()) for path in self.state.glob("keys*.json")]
-        for key in (key for ring in rings for key in ring["keys"]):
+        # A retired key keeps only its public half, to verify the tokens it signed.
+        for key in (key for ring in rings for key in ring["keys"] if "private_key" in key):
             pem = key["private_key"]["pem"]
             body = [line for line in pem.splitlines() if line and "-----" not in line]
             material.append("".join(body))

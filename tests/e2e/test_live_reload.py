@@ -287,6 +287,32 @@ def test_the_served_revision_is_the_one_validate_computes(server: FleetServer) -
     assert f"valid, revision {served[:12]} " in result.stdout
 
 
+def test_a_key_rotation_is_adopted_without_a_restart(server: FleetServer) -> None:
+    def kid(token: dict[str, Any]) -> str:
+        return str(jwt.get_unverified_header(token["access_token"])["kid"])
+
+    http = server.browser()
+    published_before = {key["kid"] for key in http.get(server.metadata["jwks_uri"]).json()["keys"]}
+    issued_before = server.client_credentials(RECONCILER)
+
+    rotated = server.cli(
+        "keys", "rotate", "--fleet", str(server.fleet), "--state", str(server.state)
+    )
+    assert rotated.returncode == 0, rotated.stderr
+
+    def signed_by_a_new_key() -> dict[str, Any] | None:
+        token = server.client_credentials(RECONCILER)
+        return token if kid(token) != kid(issued_before) else None
+
+    issued_after = wait_until(signed_by_a_new_key, timeout=10, what="the rotated key to sign")
+    # The new key was published as next before it signed; the old one is kept for its tokens.
+    assert kid(issued_after) in published_before
+    published_after = {key["kid"] for key in http.get(server.metadata["jwks_uri"]).json()["keys"]}
+    assert {kid(issued_before), kid(issued_after)} <= published_after
+    assert server.introspect(RECONCILER, issued_before["access_token"])["active"] is True
+    server.wait_for_log("key rings reloaded")
+
+
 def test_no_secret_reaches_the_audit_trail_or_the_log(
     server: FleetServer, ledger_key: rsa.RSAPrivateKey
 ) -> None:

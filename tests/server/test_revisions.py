@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from serverkit import (
     CLIENT_CREDENTIALS,
@@ -32,8 +33,9 @@ from serverkit import (
 
 import fleetid.server.issuance
 from fleetid.fleet.compile import Revision
+from fleetid.keys import LocalKeyFile
 from fleetid.server.context import LiveRevision
-from fleetid.server.local import RevisionWatcher
+from fleetid.server.local import LocalState, RevisionWatcher
 
 SHORTER = ("max_lifetime: 2m", "max_lifetime: 1m")
 
@@ -171,6 +173,32 @@ def test_client_authentication_uses_the_revision_the_request_started_with(
 
 
 # -- RevisionWatcher.check ----------------------------------------------------------------
+
+
+def test_a_rotation_by_another_process_is_adopted_by_the_running_server(server: Server) -> None:
+    state = LocalState(server.state)
+    watcher = RevisionWatcher(server.fleet, server.context, state=state)
+    before = _kid(server.machine_token(RECONCILER))
+    published = {key["kid"] for key in server.context.tokens.jwks()["keys"]}
+    old_token = server.machine_token(RECONCILER)
+    assert watcher.check_keys() is False
+
+    # What `fleetid keys rotate` does, from its own process: its own custody of the file.
+    LocalKeyFile(state.keys).rotate(max_token_lifetime=3600)
+
+    assert watcher.check_keys() is True
+    after = _kid(server.machine_token(RECONCILER))
+    assert after != before
+    assert after in published, "the new active key was published as next before it signed"
+    now_published = {key["kid"] for key in server.context.tokens.jwks()["keys"]}
+    assert {before, after} <= now_published
+    introspected = server.post_form("/introspect", {"token": old_token}, agent=RECONCILER)
+    assert introspected.json()["active"] is True
+    assert watcher.check_keys() is False
+
+
+def _kid(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
 
 
 def test_an_unchanged_fleet_is_not_reloaded(server: Server) -> None:
