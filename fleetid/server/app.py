@@ -21,12 +21,14 @@ from urllib.parse import unquote_plus
 
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetid.fleet.compile import Revision
+from fleetid.fleet.semantics import connection_urn
 from fleetid.keys import KeyCustodyError
 from fleetid.server import authorize as authorization
 from fleetid.server import connections
@@ -58,6 +60,7 @@ logger = logging.getLogger("fleetid.server")
 
 _REPEATABLE = frozenset({"resource", "audience"})
 _TOKEN_HEADERS = frozenset({b"authorization", b"content-type", b"content-length"})
+_CONNECTION_PREFIX = connection_urn("")
 _MAX_FIELDS = 100
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _GRANTS = {
@@ -355,7 +358,11 @@ class _Front:
             _check_form_type(found.get(b"content-type"))
             _check_length(found.get(b"content-length"), context.max_body)
             form, targets = parse_form(await _receive_body(receive, context.max_body))
-            body = _issue(context, form, targets, found.get(b"authorization"))
+            issue = functools.partial(_issue, context, form, targets, found.get(b"authorization"))
+            # A connection's credential may have to be refreshed at its provider, which can
+            # take seconds: that request waits on a worker thread, not on the event loop.
+            reaches_provider = any(target.startswith(_CONNECTION_PREFIX) for target in targets)
+            body = await run_in_threadpool(issue) if reaches_provider else issue()
             status, headers = 200, _NO_STORE
         except _ClientGone:
             return 499

@@ -13,7 +13,8 @@ sends the browser to the provider, whose answer comes back to `/connections/call
 link is bound to that browser by a cookie and to that person by the vault's state.
 
 Every fetch, link and unlink, granted or refused, is audited with its reasons; never the
-credential.
+credential. What calls the provider runs on a worker thread, so that a slow provider
+holds up only the person or agent waiting for it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -162,7 +164,9 @@ async def sign_in(context: ServerContext, request: Request, form: Mapping[str, s
     if value["action"] == "unlink":
         context.store.redeem(SESSION_NAMESPACE, session)
         try:
-            unlinked = context.vault.unlink(name, person.tenant, person.user)
+            unlinked = await run_in_threadpool(
+                context.vault.unlink, name, person.tenant, person.user
+            )
         except VaultError as failed:
             return _page("Unlinking failed", str(failed), 400)
         _audit(
@@ -178,7 +182,9 @@ async def sign_in(context: ServerContext, request: Request, form: Mapping[str, s
         return _page("Unlinked", f"{name} is no longer linked to your account.")
 
     try:
-        link = context.vault.begin_link(name, person.tenant, person.user, session=session)
+        link = await run_in_threadpool(
+            context.vault.begin_link, name, person.tenant, person.user, session=session
+        )
     except VaultError as failed:
         return _page("Linking failed", str(failed), 502)
     context.store.delete(SESSION_NAMESPACE, session)
@@ -201,7 +207,9 @@ async def callback(context: ServerContext, request: Request) -> Response:
     context.store.redeem(SESSION_NAMESPACE, session)
     name, tenant, user = str(value["connection"]), str(value["tenant"]), str(value["user"])
     try:
-        linked = context.vault.complete_link(request.url.query, tenant, user, session=session)
+        linked = await run_in_threadpool(
+            context.vault.complete_link, request.url.query, tenant, user, session=session
+        )
     except LinkDenied as denied:
         _audit(
             context,

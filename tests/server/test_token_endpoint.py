@@ -7,6 +7,8 @@ every response, success or error, carries `Cache-Control: no-store`.
 
 from __future__ import annotations
 
+import threading
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
@@ -25,6 +27,7 @@ from serverkit import (
     oauth_error,
 )
 
+import fleetid.server.app
 from fleetid.server.app import form_pairs
 from fleetid.server.context import MAX_BODY_BYTES
 
@@ -324,3 +327,23 @@ def test_form_bodies_read_as_the_standard_library_reads_them(text: str) -> None:
             form_pairs(text)
         return
     assert form_pairs(text) == expected
+
+
+def test_a_connection_fetch_waits_off_the_event_loop(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fetching a connection may refresh it at a slow provider; other requests go on meanwhile.
+    threads: dict[str, str] = {}
+
+    def issue(context: Any, form: Any, targets: list[str], authorization: Any) -> dict[str, Any]:
+        threads[targets[0]] = threading.current_thread().name
+        return {"access_token": "x", "token_type": "Bearer"}
+
+    monkeypatch.setattr(fleetid.server.app, "_issue", issue)
+    for resource in (CRM, "urn:fleetid:connection:calendar"):
+        form = {"grant_type": TOKEN_EXCHANGE, "resource": resource}
+        assert server.token(form, agent=SALES).status_code == 200
+
+    loop_thread = threading.current_thread().name
+    assert threads[CRM] == loop_thread
+    assert threads["urn:fleetid:connection:calendar"] != loop_thread
