@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fleetid.deploy.records import PROVISIONED_SECRET_NAMESPACE, provisioned_secret_context
 from fleetid.fleet.model import SecretRef
-from fleetid.keys._aws import refuse_if_kms_bodies_are_logged
+from fleetid.keys import refuse_if_kms_bodies_are_logged
 from fleetid.store import Store
 
 __all__ = ["CIPHERTEXT_FORMAT", "ProvisionedSecretError", "ProvisionedSecrets"]

@@ -27,7 +27,7 @@ from fleetid.keys.errors import (
     UnsupportedAlgorithm,
 )
 from fleetid.keys.kms_sign import KmsKeyRef, KmsSigner
-from fleetid.keys.kms_wrapped import KmsWrappedKeys
+from fleetid.keys.kms_wrapped import KmsWrappedKeys, refuse_if_kms_bodies_are_logged
 from fleetid.keys.local import LocalKeyFile
 from fleetid.keys.persistence import (
     InMemoryPersistence,
@@ -67,4 +67,5 @@ __all__ = [
     "StoredRing",
     "UnsupportedAlgorithm",
     "encode_jwt",
+    "refuse_if_kms_bodies_are_logged",
 ]

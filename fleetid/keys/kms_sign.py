@@ -21,7 +21,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from fleetid.keys._aws import AWS_ERRORS, aws_error_code
+from fleetid.aws import AWS_ERRORS, aws_error_code
 from fleetid.keys.algorithms import Algorithm, ecdsa_der_to_jws
 from fleetid.keys.custody import Clock, KeyCustody, Signature
 from fleetid.keys.errors import KmsFailure, RotationNotSupported, UnsupportedAlgorithm

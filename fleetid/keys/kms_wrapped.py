@@ -28,15 +28,15 @@ from typing import Any, Final
 from botocore.exceptions import ClientError, ParamValidationError
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleetid.keys._aws import AWS_ERRORS, aws_error_code, refuse_if_kms_bodies_are_logged
+from fleetid.aws import AWS_ERRORS, BODY_LOGGERS, aws_error_code
 from fleetid.keys.algorithms import Algorithm, PrivateKey
 from fleetid.keys.custody import Clock
-from fleetid.keys.errors import KeyRingInvalid, KeyUnwrapFailed, KmsFailure
+from fleetid.keys.errors import KeyExposureRisk, KeyRingInvalid, KeyUnwrapFailed, KmsFailure
 from fleetid.keys.persistence import RingPersistence
 from fleetid.keys.ring import KeyRecord
 from fleetid.keys.ring_custody import RingCustody, decode_pkcs8, encode_pkcs8
 
-__all__ = ["KmsWrappedKeys"]
+__all__ = ["KmsWrappedKeys", "refuse_if_kms_bodies_are_logged"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +141,13 @@ class KmsWrappedKeys(RingCustody):
             return base64.b64decode(encoded, validate=True)
         except binascii.Error as exc:
             raise KeyRingInvalid(f"the wrapped key {record.kid!r} is not base64") from exc
+
+
+def refuse_if_kms_bodies_are_logged() -> None:
+    """Raise `KeyExposureRisk` if botocore would log a KMS call that carries a private key."""
+    for name in BODY_LOGGERS:
+        if logging.getLogger(name).isEnabledFor(logging.DEBUG):
+            raise KeyExposureRisk(
+                f"logger {name!r} is at DEBUG, where botocore logs KMS request and response "
+                "bodies, and these would hold a private key; set it to INFO or above"
+            )

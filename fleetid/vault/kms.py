@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
-from fleetid.keys._aws import AWS_ERRORS, BODY_LOGGERS, aws_error_code
+from fleetid.aws import AWS_ERRORS, BODY_LOGGERS, aws_error_code
 from fleetid.vault.envelope import Envelope
 from fleetid.vault.errors import DecryptionFailed, EnvelopeError, SecretExposureRisk
 
