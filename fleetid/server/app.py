@@ -62,6 +62,9 @@ _REPEATABLE = frozenset({"resource", "audience"})
 _TOKEN_HEADERS = frozenset({b"authorization", b"content-type", b"content-length"})
 _CONNECTION_PREFIX = connection_urn("")
 _MAX_FIELDS = 100
+# The escaped values of token requests are few, short and repeat (grant and token type
+# URNs, resource URLs, scopes), so their unquoting is memoised.
+_SHORT = 200
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _GRANTS = {
     authorization_code.GRANT_TYPE: authorization_code.authorization_code,
@@ -162,11 +165,6 @@ def _unquote(part: str) -> str:
     if "%" in part or "+" in part:
         return _unquote_short(part) if len(part) <= _SHORT else unquote_plus(part, errors="strict")
     return part
-
-
-# The escaped values of token requests are few and repeat: grant and token type URNs,
-# resource URLs, scopes.
-_SHORT = 200
 
 
 @functools.lru_cache(maxsize=1024)
