@@ -208,6 +208,39 @@ def _compile_rule(
     )
 
 
+def _covered_by(
+    rules: tuple[CompiledRule, ...], fleet: Fleet
+) -> dict[tuple[str, str], list[CompiledRule]]:
+    """The rules covering each (resource, scope), in the order of `rules`: what
+    `CompiledRule.covers` says, found from each rule's own resources and scopes rather
+    than by asking every rule about every scope."""
+    resources_with: dict[str, list[str]] = {}
+    for resource_name, resource in fleet.resources.items():
+        for scope_name in resource.scopes:
+            resources_with.setdefault(scope_name, []).append(resource_name)
+
+    covered: dict[tuple[str, str], list[CompiledRule]] = {}
+    for rule in rules:
+        if rule.scopes is not None:
+            keys = [
+                (resource_name, scope_name)
+                for scope_name in rule.scopes
+                for resource_name in resources_with.get(scope_name, ())
+                if rule.resources is None or resource_name in rule.resources
+            ]
+        else:
+            named = fleet.resources.keys() if rule.resources is None else rule.resources
+            keys = [
+                (resource_name, scope_name)
+                for resource_name in named
+                if resource_name in fleet.resources
+                for scope_name in fleet.resources[resource_name].scopes
+            ]
+        for key in keys:
+            covered.setdefault(key, []).append(rule)
+    return covered
+
+
 def compile_fleet(loaded: LoadedFleet) -> Revision:
     with paused_gc():
         return _compile(loaded)
@@ -227,14 +260,16 @@ def _compile(loaded: LoadedFleet) -> Revision:
             key=lambda rule: rule.id,
         )
     )
+    covered = _covered_by(rules, fleet)
     rules_for: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
     scope_roles: dict[tuple[str, str], frozenset[str]] = {}
     for resource_name, resource in fleet.resources.items():
         for scope_name, scope in resource.scopes.items():
-            scope_roles[(resource_name, scope_name)] = frozenset(scope.roles)
-            covering = tuple(rule for rule in rules if rule.covers(resource_name, scope_name))
+            key = (resource_name, scope_name)
+            scope_roles[key] = frozenset(scope.roles)
+            covering = covered.get(key)
             if covering:
-                rules_for[(resource_name, scope_name)] = covering
+                rules_for[key] = tuple(covering)
 
     # One set per agent and resource, shared by the per-agent entries and the flat maps.
     agents = {

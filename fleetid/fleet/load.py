@@ -156,6 +156,12 @@ def paused_gc() -> Iterator[None]:
     marks, values, model objects) and none of them form reference cycles, so the collector
     only walks the growing heap again and again: two thirds of the time at 10,000 agents.
     Reference counting still frees everything; collection resumes afterwards.
+
+    What was created meanwhile and lives on (the revision) is moved to the oldest
+    generation as it is resumed: left in the youngest, it would all be walked by the very
+    next collection, only to be found alive. Freezing and unfreezing moves every tracked
+    object there at once, so it is done only when nothing else is frozen, which it would
+    otherwise thaw.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -163,6 +169,9 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

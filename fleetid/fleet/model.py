@@ -29,8 +29,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SerializationInfo,
-    SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
     WrapSerializer,
@@ -118,15 +118,16 @@ def _empty_map() -> Mapping[Any, Any]:
 FrozenMap = Annotated[Mapping[K, V], AfterValidator(_freeze)]
 
 
-def _as_set(
-    value: tuple[Any, ...], handler: SerializerFunctionWrapHandler, info: SerializationInfo
-) -> Any:
-    if info.context and info.context.get(CANONICAL):
-        return handler(tuple(sorted(set(value))))
-    return handler(value)
+def _as_set(value: tuple[Any, ...], info: SerializationInfo) -> Any:
+    # A plain serializer rather than a wrapping one, which would cost a second call back
+    # into pydantic for every list of every entry: the items are strings, written as found.
+    context = info.context
+    if context and context.get(CANONICAL):
+        return sorted(set(value))
+    return value
 
 
-SetOf = Annotated[tuple[V, ...], WrapSerializer(_as_set, when_used="always")]
+SetOf = Annotated[tuple[V, ...], PlainSerializer(_as_set, when_used="always")]
 """A list whose order means nothing: the canonical form sorts it."""
 
 

@@ -21,6 +21,7 @@ __all__ = ["Known", "check_fleet", "check_policies", "connection_urn", "is_absol
 Finding = tuple[str, str]
 
 _SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "API_KEY", "APIKEY", "PRIVATE_KEY", "CREDENTIAL")
+_SECRET_WORD = re.compile("|".join(_SECRET_WORDS))
 _GLOB = frozenset("*?[")
 
 
@@ -82,22 +83,33 @@ class Known:
         self.broken_resources = bool(set(broken.get("resources", ())))
 
 
+# The two checks below run for every list of every entry: lists rather than generators,
+# and a set operation first, so that a list with nothing wrong costs next to nothing.
+
+
 def _unknown(
-    names: Iterable[str], known: set[str], what: str, pointer: Sequence[str | int]
-) -> Iterator[Finding]:
-    for index, name in enumerate(names):
-        if name not in known:
-            yield join_pointer(*pointer, index), f"unknown {what} {name!r}"
+    names: Sequence[str], known: set[str], what: str, pointer: Sequence[str | int]
+) -> list[Finding]:
+    # Only a shortcut: a section that could not be read knows every name, but through `in`.
+    if known.issuperset(names):
+        return []
+    return [
+        (join_pointer(*pointer, index), f"unknown {what} {name!r}")
+        for index, name in enumerate(names)
+        if name not in known
+    ]
 
 
-def _duplicates(
-    values: Sequence[str], what: str, pointer: Sequence[str | int]
-) -> Iterator[Finding]:
+def _duplicates(values: Sequence[str], what: str, pointer: Sequence[str | int]) -> list[Finding]:
+    if len(set(values)) == len(values):
+        return []
+    found: list[Finding] = []
     seen: set[str] = set()
     for index, value in enumerate(values):
         if value in seen:
-            yield join_pointer(*pointer, index), f"{what} {value!r} is listed twice"
+            found.append((join_pointer(*pointer, index), f"{what} {value!r} is listed twice"))
         seen.add(value)
+    return found
 
 
 def check_fleet(fleet: Fleet, known: Known | None = None) -> Iterator[Finding]:
@@ -196,7 +208,8 @@ def _check_agents(fleet: Fleet, known: Known) -> Iterator[Finding]:
             yield join_pointer(*base), "private_key_jwt needs `jwks`, the agent's public keys"
         if agent.jwks is not None:
             yield from _check_jwks(agent.jwks, (*base, "jwks"))
-        yield from _check_agentcore(name, fleet)
+        if agent.agentcore is not None or agent.runtime == "agentcore":
+            yield from _check_agentcore(name, fleet)
 
 
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -230,7 +243,7 @@ def _check_agentcore(name: str, fleet: Fleet) -> Iterator[Finding]:
     if agent.agentcore is None:
         return
     for variable in agent.agentcore.environment:
-        if any(word in variable.upper() for word in _SECRET_WORDS):
+        if _SECRET_WORD.search(variable.upper()):
             # The value is not echoed: it may be the very secret that should not be here.
             yield (
                 join_pointer("agents", name, "agentcore", "environment", variable),
@@ -241,12 +254,14 @@ def _check_agentcore(name: str, fleet: Fleet) -> Iterator[Finding]:
             )
 
 
-# The common case, an https URL with a host and no fragment, without parsing it.
+# The common cases, an https URL with a host or an http one on loopback, with no fragment,
+# without parsing them.
 _PLAIN_HTTPS = re.compile(r"^https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[^#\s]*)?$")
+_PLAIN_LOOPBACK = re.compile(r"^http://(?:127\.0\.0\.1|localhost)(?::[0-9]{1,5})?(?:/[^#\s]*)?$")
 
 
 def _redirect_uri_problem(uri: str) -> str | None:
-    if _PLAIN_HTTPS.match(uri):
+    if _PLAIN_HTTPS.match(uri) or _PLAIN_LOOPBACK.match(uri):
         return None
     parts = urlsplit(uri)
     if not parts.scheme or not parts.netloc:

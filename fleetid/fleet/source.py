@@ -1,8 +1,7 @@
 """Reading YAML safely, and finding where in the file a JSON pointer points.
 
 PyYAML's safe loader (with libyaml when present) parses; this module builds the Python
-values itself from the composed node tree, because the stock constructors let through what
-a fleet file must refuse:
+values itself, because the stock constructors let through what a fleet file must refuse:
 
 - a key written twice in one mapping is an error, not a silent overwrite;
 - an alias costs the size of what it expands to, and the whole file may expand by at most
@@ -12,8 +11,21 @@ a fleet file must refuse:
   strings); any other tag, and merge keys, are refused;
 - files larger than a bound and nesting deeper than `MAX_DEPTH` are refused.
 
-The node tree is kept beside the values so that an error found later, by the schema or by
-the cross-reference checks, can be reported at the line and column it concerns.
+Values are built in one of two ways, which agree on every file the first one accepts:
+
+- straight from the parser's events, keeping no node tree: the way nearly every file is
+  read, since a node tree costs more to build and to free than the values themselves;
+- from the composed node tree, which knows where each value was written. The event
+  builder hands a file over to it as soon as it meets anything it would have to refuse or
+  report (a tag, a merge key, a key written twice, a bound reached, broken YAML), so
+  problems are only ever found, and positioned, by the node tree.
+
+An error found later, by the schema or by the cross-reference checks, is placed by
+composing the node tree then, from the bytes the document keeps.
+
+Mapping keys and the strings in lists are interned: they are the names a fleet repeats
+(roles, scopes, tenants, resources), and one object per name keeps a compiled revision
+smaller and lets a decision's set and dict lookups compare names by identity.
 """
 
 from __future__ import annotations
@@ -21,10 +33,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from sys import intern
+from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 
 __all__ = [
     "MAX_ALIAS_NODES",
@@ -47,16 +70,23 @@ _SEQ, _MAP, _MERGE = _TAG + "seq", _TAG + "map", _TAG + "merge"
 _BaseLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# The safe schema's implicit resolvers, by the first character of a plain scalar.
+_IMPLICIT: dict[str, list[tuple[str, re.Pattern[str]]]] = yaml.SafeLoader.yaml_implicit_resolvers
+
+
+def _implicit_tag(value: str) -> str:
+    for tag, pattern in _IMPLICIT.get(value[:1], ()):
+        if pattern.match(value):
+            return tag
+    return _STR
+
+
 class _Loader(_BaseLoader):  # type: ignore[misc]
     """The safe loader, with tag resolution cut to what the safe schema needs.
 
     PyYAML's resolver also walks path resolvers on every node, which the safe loader has
     none of; skipping that walk halves the time libyaml's composer spends in Python.
     """
-
-    _implicit: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = (
-        yaml.SafeLoader.yaml_implicit_resolvers
-    )
 
     def descend_resolver(self, current_node: Any, current_index: Any) -> None:
         return None
@@ -66,11 +96,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
         if kind is yaml.ScalarNode:
-            if implicit[0]:
-                for tag, pattern in self._implicit.get(value[:1], ()):
-                    if pattern.match(value):
-                        return tag
-            return _STR
+            return _implicit_tag(value) if implicit[0] else _STR
         return _SEQ if kind is yaml.SequenceNode else _MAP
 
 
@@ -124,11 +150,13 @@ def _split_pointer(pointer: str) -> list[str]:
 
 @dataclass
 class Document:
-    """A parsed file: its values, and its node tree for positions."""
+    """A parsed file: its values, and its node tree for positions, composed from
+    `content` the first time a position is asked for when parsing kept none."""
 
     name: str
     data: Any
     root: yaml.Node | None = field(default=None, repr=False)
+    content: bytes | None = field(default=None, repr=False)
 
     def problem(self, pointer: str, message: str) -> Problem:
         line, column = self.position(pointer)
@@ -137,7 +165,7 @@ class Document:
     def position(self, pointer: str) -> tuple[int, int]:
         """Line and column (1-based) of what the pointer names, or of the nearest thing
         above it that exists; a mapping entry is placed at its key."""
-        node = self.root
+        node = self._tree()
         if node is None:
             return 1, 1
         mark = node.start_mark
@@ -147,6 +175,17 @@ class Document:
                 break
             mark, node = child
         return mark.line + 1, mark.column + 1
+
+    def _tree(self) -> yaml.Node | None:
+        if self.root is None and self.content is not None:
+            content, self.content = self.content, None
+            try:
+                self.root = _compose(content)
+            except yaml.YAMLError:
+                # Not reached for content that was parsed once already; a document that
+                # cannot be composed places everything at its start.
+                self.root = None
+        return self.root
 
 
 def _child(node: yaml.Node, part: str) -> tuple[yaml.Mark, yaml.Node] | None:
@@ -204,7 +243,7 @@ class _Builder:
                 self._count_alias(node, 1)
             else:
                 self._scalars.add(key)
-            return self._scalar(node), 1, 0
+            return _scalar_value(node), 1, 0
         if key in self._open:
             raise _Refused(node, "an alias refers to the node that contains it")
         built = self._built.get(key)
@@ -251,7 +290,7 @@ class _Builder:
             # Plain strings, the bulk of any fleet, without a call.
             if type(child) is yaml.ScalarNode and child.tag == _STR and id(child) not in scalars:
                 scalars.add(id(child))
-                items.append(child.value)
+                items.append(intern(child.value))
                 size += 1
                 continue
             try:
@@ -276,7 +315,7 @@ class _Builder:
                 raise _Refused(key_node, "a mapping key must be a plain scalar")
             if key_node.tag == _MERGE:
                 raise _Refused(key_node, "merge keys (<<) are not supported; write the keys out")
-            name = key_node.value
+            name = intern(key_node.value)
             if name in mapping:
                 self.problems.append(
                     (key_node, (node, name), f"duplicate key {name!r} in this mapping")
@@ -302,21 +341,161 @@ class _Builder:
                 height = child_height + 1
         return mapping, size, height
 
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
-        tag = node.tag
-        if tag in (_STR, _TIMESTAMP):
-            return node.value
-        if tag == _NULL:
-            return None
-        construct = _CONSTRUCTORS.get(tag)
-        if construct is None:
-            raise _Refused(node, f"the tag {tag!r} is not allowed; use plain values")
-        try:
-            return construct(node)
-        except (ValueError, KeyError, IndexError) as exc:
-            # An explicit tag on a value it cannot hold (`!!int x`), or an integer past
-            # Python's digit limit; the value itself is not repeated.
-            raise _Refused(node, f"not a valid {tag.removeprefix(_TAG)}") from exc
+
+def _scalar_value(node: yaml.ScalarNode) -> Any:
+    tag = node.tag
+    if tag in (_STR, _TIMESTAMP):
+        return node.value
+    if tag == _NULL:
+        return None
+    construct = _CONSTRUCTORS.get(tag)
+    if construct is None:
+        raise _Refused(node, f"the tag {tag!r} is not allowed; use plain values")
+    try:
+        return construct(node)
+    except (ValueError, KeyError, IndexError) as exc:
+        # An explicit tag on a value it cannot hold (`!!int x`), or an integer past
+        # Python's digit limit; the value itself is not repeated.
+        raise _Refused(node, f"not a valid {tag.removeprefix(_TAG)}") from exc
+
+
+class _Unusual(Exception):
+    """The event builder met something it leaves to the node tree, which builds the same
+    values from it or finds the problem and where it is."""
+
+
+# Stands, among the anchors, for a collection whose end has not been read yet.
+_OPEN: Any = object()
+
+
+def _values_from_events(content: bytes) -> dict[str, Any]:
+    """The values of a file whose root is a plain mapping, built from the parser's events.
+
+    The node builder's accounting is kept as it goes (how many nodes each collection
+    stands for, how deep it goes, how much aliases expand), so that every bound holds
+    exactly where `_Builder` holds it. Whatever that builder would refuse or report raises
+    `_Unusual`, and YAML errors are let through: either way, the caller reads the file
+    again through the node tree.
+    """
+    loader = _Loader(content)
+    get_event = loader.get_event
+    try:
+        # The stream's start, the document's start, then the root.
+        get_event()
+        get_event()
+        event = get_event()
+        if type(event) is not MappingStartEvent or event.tag or event.anchor:
+            raise _Unusual
+        root: dict[str, Any] = {}
+        container: Any = root
+        # The collection being read: whether it is a mapping, the key its next value goes
+        # under, how many nodes it stands for so far, how deep it goes, its anchor. The
+        # `stack` holds the same of every collection around it.
+        is_mapping, key, size, height, anchor = True, None, 1, 0, None
+        stack: list[tuple[Any, bool, str | None, int, int, str | None]] = []
+        anchors: dict[str, Any] = {}
+        alias_nodes = 0
+
+        while True:
+            event = get_event()
+            kind = type(event)
+            if kind is ScalarEvent:
+                value = event.value
+                if event.tag is not None:
+                    raise _Unusual
+                if is_mapping and key is None:
+                    # A key written twice is reported and a merge key refused by the node
+                    # tree, which also charges aliases to an anchored key in its own way.
+                    if (
+                        value in container
+                        or (value == "<<" and event.implicit[0])
+                        or event.anchor is not None
+                    ):
+                        raise _Unusual
+                    key = intern(value)
+                    continue
+
+                size += 1
+                if event.implicit[0] and value[:1] in _IMPLICIT:
+                    value, typed = _plain_value(value)
+                    if typed and not height:
+                        height = 1
+                if event.anchor is not None:
+                    if event.anchor in anchors:
+                        raise _Unusual
+                    anchors[event.anchor] = (value, 1, 0)
+            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                # A collection as a key is refused by the node tree, as is one too deep.
+                if event.tag is not None or (is_mapping and key is None):
+                    raise _Unusual
+                if len(stack) >= MAX_DEPTH:
+                    raise _Unusual
+
+                stack.append((container, is_mapping, key, size, height, anchor))
+                anchor = event.anchor
+                if anchor is not None:
+                    if anchor in anchors:
+                        raise _Unusual
+                    anchors[anchor] = _OPEN
+                is_mapping = kind is MappingStartEvent
+                container = {} if is_mapping else []
+                key, size, height = None, 1, 0
+                continue
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                if not stack:
+                    break
+                value, value_size, value_height = container, size, height
+                if anchor is not None:
+                    anchors[anchor] = (value, value_size, value_height)
+                container, is_mapping, key, size, height, anchor = stack.pop()
+                size += value_size
+                if value_height >= height:
+                    height = value_height + 1
+            elif kind is AliasEvent:
+                if is_mapping and key is None:
+                    raise _Unusual
+                # Not defined yet, or still open: an alias inside its own anchor.
+                anchored = anchors.get(event.anchor, _OPEN)
+                if anchored is _OPEN:
+                    raise _Unusual
+                value, value_size, value_height = anchored
+                # An alias costs what it expands to, and puts all of it at this depth.
+                alias_nodes += value_size
+                if alias_nodes > MAX_ALIAS_NODES or len(stack) + 1 + value_height > MAX_DEPTH:
+                    raise _Unusual
+
+                size += value_size
+                if value_height >= height:
+                    height = value_height + 1
+            else:
+                raise _Unusual
+
+            if is_mapping:
+                container[key] = value
+                key = None
+            elif type(value) is str:
+                container.append(intern(value))
+            else:
+                container.append(value)
+
+        if type(get_event()) is not DocumentEndEvent or type(get_event()) is not StreamEndEvent:
+            raise _Unusual
+        return root
+    finally:
+        loader.dispose()
+
+
+def _plain_value(value: str) -> tuple[Any, bool]:
+    """A plain scalar's value, and whether it is of a type other than string: the node
+    builder counts those as one level deeper than strings, and so must the event builder
+    for its depth bound to agree."""
+    tag = _implicit_tag(value)
+    if tag == _STR:
+        return value, False
+    try:
+        return _scalar_value(yaml.ScalarNode(tag, value)), True
+    except _Refused as refused:
+        raise _Unusual from refused
 
 
 def _pointer_of(root: yaml.Node, target: yaml.Node) -> str:
@@ -359,6 +538,17 @@ def parse_yaml(name: str, content: bytes | str) -> tuple[Document, list[Problem]
             Problem(name, 1, 1, "", f"the file is {size} bytes; the limit is {MAX_FILE_BYTES}")
         ]
 
+    try:
+        document.data = _values_from_events(content)
+    except (_Unusual, yaml.YAMLError):
+        return _parse_nodes(document, content)
+    document.content = content
+    return document, []
+
+
+def _parse_nodes(document: Document, content: bytes) -> tuple[Document, list[Problem]]:
+    """Parse through the node tree: what finds every problem and places it."""
+    name = document.name
     try:
         root = _compose(content)
     except yaml.reader.ReaderError as exc:

@@ -17,6 +17,7 @@ A refused scope is never in `granted`, whatever the reason.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
@@ -189,27 +190,18 @@ def decide(revision: Revision, request: AccessRequest) -> Decision:
             refused.append(Refusal(scope, NO_ROLE, _no_role_reason(entry.roles, is_user)))
             continue
 
-        # One pass over the rules that cover this scope for this kind of subject.
-        denials: list[str] = []
-        approvals: list[str] = []
-        rule_caps: list[CompiledRule] = []
-        for rule in entry.user_rules if is_user else entry.machine_rules:
-            if not rule.applies(agent_name, tenant, roles, is_user):
-                continue
-            if rule.effect == "deny":
-                denials.append(rule.id)
-            elif rule.effect == "require_approval":
-                approvals.append(rule.id)
-            else:
-                rule_caps.append(rule)
+        rules = entry.user_rules if is_user else entry.machine_rules
+        denials, approvals, rule_caps = (
+            _applying(rules, agent_name, tenant, roles, is_user) if rules else _NO_RULES
+        )
         if denials:
             refused.append(
-                Refusal(scope, DENIED, f"denied by policy {', '.join(denials)}", tuple(denials))
+                Refusal(scope, DENIED, f"denied by policy {', '.join(denials)}", denials)
             )
             continue
         if (entry.requires_approval or approvals) and scope not in request.approved:
             refused.append(
-                Refusal(scope, APPROVAL_REQUIRED, _approval_reason(approvals), tuple(approvals))
+                Refusal(scope, APPROVAL_REQUIRED, _approval_reason(approvals), approvals)
             )
             continue
 
@@ -234,12 +226,40 @@ def decide(revision: Revision, request: AccessRequest) -> Decision:
 
 
 _NOTHING: frozenset[str] = frozenset()
+_NO_RULES: tuple[tuple[str, ...], tuple[str, ...], tuple[CompiledRule, ...]] = ((), (), ())
+
+
+def _applying(
+    rules: tuple[CompiledRule, ...],
+    agent: str,
+    tenant: str | None,
+    roles: frozenset[str],
+    is_user: bool,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[CompiledRule, ...]]:
+    """One pass over the rules that cover a scope for this kind of subject: the ids of the
+    denials and approvals that apply, and the lifetime caps that do."""
+    denials: list[str] = []
+    approvals: list[str] = []
+    caps: list[CompiledRule] = []
+    for rule in rules:
+        if not rule.applies(agent, tenant, roles, is_user):
+            continue
+        if rule.effect == "deny":
+            denials.append(rule.id)
+        elif rule.effect == "require_approval":
+            approvals.append(rule.id)
+        else:
+            caps.append(rule)
+    return tuple(denials), tuple(approvals), tuple(caps)
 
 
 def _not_listed_reason(agent: str) -> str:
     return f"agent {agent!r} may never request it: it is not in the agent's scopes in fleet.yaml"
 
 
+# Most refusals are for want of a role, and a fleet has few distinct sets of roles a scope
+# allows: the sentence for each is written once.
+@functools.lru_cache(maxsize=1024)
 def _no_role_reason(allowed_roles: frozenset[str], is_user: bool) -> str:
     holders = ", ".join(sorted(allowed_roles))
     if is_user:
@@ -247,7 +267,7 @@ def _no_role_reason(allowed_roles: frozenset[str], is_user: bool) -> str:
     return f"the agent, acting as itself, holds none of the roles that may hold it ({holders})"
 
 
-def _approval_reason(rules: list[str]) -> str:
+def _approval_reason(rules: tuple[str, ...]) -> str:
     if rules:
         return f"needs a person's approval (policy {', '.join(rules)})"
     return "needs a person's approval (the scope requires it)"

@@ -216,6 +216,19 @@ def test_an_agent_acting_as_itself_without_roles_gets_nothing(
     assert "acting as itself" in decision.refused[0].reason
 
 
+def test_a_refusal_for_want_of_a_role_says_who_lacks_it(example_revision: Revision) -> None:
+    nobody = Subject("eve", "acme", ("Everyone",))
+
+    for _ in range(2):
+        as_user = ask(example_revision, "sales-assistant", "crm", "crm:read", subject=nobody)
+        as_itself = ask(example_revision, "sales-assistant", "crm", "crm:read")
+
+        (user_refusal,), (agent_refusal,) = as_user.refused, as_itself.refused
+        assert user_refusal.reason.startswith("the user holds none of the roles")
+        assert agent_refusal.reason.startswith("the agent, acting as itself, holds none")
+        assert user_refusal.reason.endswith(agent_refusal.reason.rsplit(" (", 1)[1])
+
+
 # Groups are inputs, never grants
 
 

@@ -3,12 +3,20 @@ at the line and column it concerns; the cross-reference checks; secrets never ec
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fleetid.fleet.load import FleetInvalid, FleetSources, LoadedFleet, load, read_sources
+from fleetid.fleet.load import (
+    FleetInvalid,
+    FleetSources,
+    LoadedFleet,
+    load,
+    paused_gc,
+    read_sources,
+)
 from fleetid.fleet.source import Problem
 
 MakeSources = Callable[..., FleetSources]
@@ -504,6 +512,31 @@ def test_http_on_a_host_that_only_looks_like_loopback_is_refused(
     assert [p.message for p in problems] == [
         "a redirect URI must use https (http is allowed only on loopback)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("http://localhost/cb#x", "a redirect URI must not have a fragment"),
+        ("http://127.0.0.1:8765/cb#x", "a redirect URI must not have a fragment"),
+        ("http://localhost:80@evil.example/cb", "a redirect URI must use https"),
+        ("http://127.0.0.1.evil.example:80/cb", "a redirect URI must use https"),
+        ("http://LOCALHOST:3000/cb", None),
+        ("http://127.0.0.2/cb", None),
+    ],
+)
+def test_loopback_redirect_uris_are_judged_as_parsing_them_would(
+    make_sources: MakeSources, uri: str, message: str | None
+) -> None:
+    text = edit(BASE, ("[https://assistant.example.com/cb]", f"['{uri}']"))
+
+    try:
+        load(make_sources(text))
+        found = []
+    except FleetInvalid as invalid:
+        found = [problem.message for problem in invalid.problems]
+
+    assert [m[: len(message or "")] for m in found] == ([message] if message else [])
 
 
 # Secrets
@@ -1049,3 +1082,41 @@ def test_problems_carry_the_paths_they_were_read_from(
 def test_one_problem_is_counted_in_the_singular(make_sources: MakeSources) -> None:
     with pytest.raises(FleetInvalid, match=r"^the fleet has 1 problem$"):
         load(make_sources("version: 1\n"))
+
+
+# The garbage collector while loading
+
+
+def in_generation(generation: int, value: object) -> bool:
+    return any(found is value for found in gc.get_objects(generation))
+
+
+def test_what_a_pause_made_is_left_to_the_oldest_generation() -> None:
+    assert gc.get_freeze_count() == 0, "nothing else may be frozen for this test"
+    with paused_gc():
+        assert not gc.isenabled()
+        made: list[list[int]] = [[1]]
+
+    assert gc.isenabled()
+    assert in_generation(2, made)
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_pause_leaves_what_others_froze_frozen() -> None:
+    frozen: list[list[int]] = [[1]]
+    gc.freeze()
+    try:
+        with paused_gc():
+            pass
+
+        assert not any(in_generation(generation, frozen) for generation in (0, 1, 2))
+    finally:
+        gc.unfreeze()
+
+
+def test_a_pause_inside_a_pause_resumes_nothing() -> None:
+    with paused_gc():
+        with paused_gc():
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()

@@ -377,6 +377,25 @@ def test_users_hold_only_roles_their_tenant_maps_their_groups_to(data: st.DataOb
             assert revision.roles_of(other, foreign) == frozenset()
 
 
+# The revision's indexes
+
+
+@PROPERTY_SETTINGS
+@given(random_fleets())
+def test_the_rules_covering_each_scope_are_those_that_say_they_cover_it(
+    fleet: RandomFleet,
+) -> None:
+    revision = compiled(fleet)
+    expected = {
+        (resource_name, scope_name): covering
+        for resource_name, resource in revision.fleet.resources.items()
+        for scope_name in resource.scopes
+        if (covering := tuple(r for r in revision.rules if r.covers(resource_name, scope_name)))
+    }
+
+    assert list(revision.rules_for.items()) == list(expected.items())
+
+
 # The hash
 
 

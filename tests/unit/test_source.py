@@ -6,6 +6,7 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -465,3 +466,161 @@ def test_random_text_gives_only_problems(content: str) -> None:
 def test_random_yaml_like_text_gives_only_problems(content: str) -> None:
     assert_only_problems(content)
     assert_only_problems(content.encode())
+
+
+# The event builder and the node tree
+
+
+def through_nodes(content: bytes | str) -> tuple[object, list[Problem]]:
+    """What the node-tree builder alone makes of a file: the reference for the events."""
+    raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+    document, problems = source._parse_nodes(Document("f.yaml", None), raw)
+    return document.data, problems
+
+
+def through_events(content: bytes | str) -> object:
+    """What the event builder makes of a file, or None when it hands the file over."""
+    raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+    try:
+        return source._values_from_events(raw)
+    except (source._Unusual, yaml.YAMLError):
+        return None
+
+
+NAMES = st.text(st.sampled_from("ab1-_:. é#'\"&*!|>%@`"), max_size=6)
+SCALARS = (
+    NAMES
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False)
+    | st.booleans()
+    | st.none()
+    | st.sampled_from(["yes", "No", "on", "~", "null", "0x1F", "0o17", "1_000", "2024-01-02"])
+)
+PLAIN_DATA = st.recursive(
+    SCALARS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(NAMES, children, max_size=4),
+    max_leaves=30,
+)
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, object]:
+    """A mapping of plain data, some of it shared, so that the dumper writes anchors."""
+    top = draw(st.dictionaries(NAMES, PLAIN_DATA, min_size=1, max_size=5))
+    shared = draw(st.lists(st.lists(SCALARS, max_size=3), max_size=2))
+    for index, value in enumerate(shared):
+        top[f"shared-{index}"] = value
+        top[f"again-{index}"] = value
+    return top
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents(), st.sampled_from([None, False, True]), st.sampled_from([None, "'", '"']))
+def test_the_event_builder_reads_what_safe_load_reads(
+    value: dict[str, object], flow: bool | None, style: str | None
+) -> None:
+    text = yaml.safe_dump(value, default_flow_style=flow, default_style=style, sort_keys=False)
+    expected = yaml.safe_load(text)
+    assert expected == value
+
+    built = through_events(text)
+    document, problems = parse_yaml("f.yaml", text)
+
+    # A quoting style makes the dumper tag every value that is not a string, and tags are
+    # left to the node tree.
+    if style is None:
+        assert built == expected
+    assert built in (None, expected)
+    assert (document.data, problems) == (expected, [])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(YAML_PIECES, max_size=40).map("".join))
+def test_the_event_builder_agrees_with_the_node_tree(content: str) -> None:
+    data, problems = through_nodes(content)
+    built = through_events(content)
+
+    if built is not None:
+        assert problems == []
+        assert repr(built) == repr(data)
+    assert parse_yaml("f.yaml", content)[1] == problems
+
+
+def test_a_plain_file_keeps_no_node_tree_until_a_position_is_asked_for() -> None:
+    document, problems = parse_yaml("f.yaml", POSITIONS)
+    assert problems == []
+    assert document.root is None
+
+    assert document.position("/top/a~1b/1/second") == (4, 7)
+    assert document.root is not None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"a: !!str 1\n",
+        b"a: ! 12\n",
+        b"&r {a: 1}\n",
+        b"- a\n",
+        b"? [a]\n: 1\n",
+        b"&k a: 1\nb: *k\n",
+        b"a: &x 1\nb: &x 2\n",
+        b"a: 1\n---\nb: 2\n",
+        b"<<: {a: 1}\n",
+        b"a: =\n",
+    ],
+)
+def test_what_the_event_builder_leaves_to_the_node_tree_reads_the_same(content: bytes) -> None:
+    assert through_events(content) is None
+
+    document, problems = parse_yaml("f.yaml", content)
+
+    assert (document.data, problems) == through_nodes(content)
+
+
+@pytest.mark.parametrize("levels", range(MAX_DEPTH - 4, MAX_DEPTH + 3))
+@pytest.mark.parametrize("leaf", ["x", "1", ""])
+def test_both_builders_bound_depth_through_aliases_alike(levels: int, leaf: str) -> None:
+    content = (
+        f"x: &a {'[' * levels}{leaf}{']' * levels}\n"
+        "y: [[[*a]]]\nz: [*a]\n"
+        f"w: {'[' * levels}{leaf}{']' * levels}\n"
+    )
+
+    data, problems = through_nodes(content)
+    built = through_events(content)
+
+    assert parse_yaml("f.yaml", content)[1] == problems
+    if built is not None:
+        assert (built, problems) == (data, [])
+
+
+def test_aliases_up_to_the_bound_are_read_without_the_node_tree() -> None:
+    aliases = ", ".join(["*x"] * MAX_ALIAS_NODES)
+    content = f"a: &x lol\nb: [{aliases}]\n"
+
+    document, problems = parse_yaml("f.yaml", content)
+
+    assert problems == []
+    assert document.root is None
+    assert isinstance(document.data, dict)
+    assert len(document.data["b"]) == MAX_ALIAS_NODES
+
+
+def test_an_aliased_collection_is_charged_its_whole_size() -> None:
+    # Each alias to the two-item list stands for three nodes: the list and its items.
+    fits = MAX_ALIAS_NODES // 3
+    for count, refused in ((fits, False), (fits + 1, True)):
+        aliases = ", ".join(["*x"] * count)
+        _, problems = parse_yaml("f.yaml", f"a: &x [lol, 2]\nb: [{aliases}]\n")
+
+        assert bool(problems) is refused
+
+
+def test_names_are_one_object_wherever_they_are_written() -> None:
+    data = parsed(b"a: {sales: [crm:read]}\nb: {sales: [crm:read]}\n")
+
+    assert isinstance(data, dict)
+    (first_key,), (second_key,) = data["a"], data["b"]
+    assert first_key is second_key
+    assert data["a"]["sales"][0] is data["b"]["sales"][0]
