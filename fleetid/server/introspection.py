@@ -16,7 +16,7 @@ from fleetid.server.context import ServerContext
 from fleetid.server.errors import InvalidRequest
 from fleetid.server.grants.delegated import REFRESH_NAMESPACE
 from fleetid.server.issuance import load_grant
-from fleetid.server.revocation import NotLive, live_token
+from fleetid.server.revocation import NotLive, still_live
 from fleetid.server.tokens import VerifiedToken, agent_audience, digest
 
 __all__ = ["introspect"]
@@ -49,7 +49,7 @@ def introspect(
         if not _concerns(verified, client.client_id):
             return dict(_INACTIVE)
         try:
-            live_token(context, token, now=now)
+            still_live(context, verified)
         except NotLive:
             return dict(_INACTIVE)
         response: dict[str, Any] = {"active": True, "token_type": "Bearer"}

@@ -19,7 +19,7 @@ from fleetid.server.grants.delegated import REFRESH_NAMESPACE
 from fleetid.server.issuance import GRANT_NAMESPACE, Grant, grant_from_record, revoke_grant
 from fleetid.server.tokens import VerifiedToken, digest
 
-__all__ = ["REVOKED_NAMESPACE", "LiveToken", "NotLive", "live_token", "revoke"]
+__all__ = ["REVOKED_NAMESPACE", "LiveToken", "NotLive", "live_token", "revoke", "still_live"]
 
 REVOKED_NAMESPACE = "revoked"
 _HINTS = frozenset({"access_token", "refresh_token"})
@@ -47,6 +47,11 @@ def live_token(context: ServerContext, token: str, *, now: float) -> LiveToken:
     verified = context.tokens.verify(token, now=now)
     if verified is None:
         raise NotLive("the token is not a valid, unexpired token of this server")
+    return still_live(context, verified)
+
+
+def still_live(context: ServerContext, verified: VerifiedToken) -> LiveToken:
+    """`live_token` for a token already verified: neither it nor its sign-in revoked."""
     revoked = (REVOKED_NAMESPACE, verified.jti)
     grant_id = verified.claims.get("sid")
     addresses = [revoked]
