@@ -217,7 +217,7 @@ class DynamoDBStore(Store):
             return None
 
         record = _record(response["Item"])
-        if record.expires_at is not None and record.expires_at <= unix_now(self._clock):
+        if not _live(record, unix_now(self._clock)):
             return None
 
         return record
@@ -241,7 +241,7 @@ class DynamoDBStore(Store):
             now = unix_now(self._clock)
             for item in response.get("Responses", {}).get(self._table_name, []):
                 record = _record(item)
-                if record.expires_at is None or record.expires_at > now:
+                if _live(record, now):
                     # Namespaces hold no "#", so the first one ends the namespace.
                     namespace, _, key = str(item[HASH_KEY]["S"]).partition("#")
                     found[(namespace, key)] = record
@@ -421,6 +421,11 @@ def _record(item: Mapping[str, Any]) -> Record:
         raise StoreError("DynamoDB item is not a record") from exc
 
     return Record(value=decode_object(encoded), version=version, expires_at=expires_at)
+
+
+def _live(record: Record, now: int) -> bool:
+    # TTL deletes lazily: an item past its expiry may still be read, and is absent all the same.
+    return record.expires_at is None or record.expires_at > now
 
 
 def _number(value: int) -> dict[str, str]:
