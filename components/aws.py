@@ -19,6 +19,7 @@ import pulumi_aws as aws
 __all__ = [
     "KEY_ADMINISTRATION",
     "Account",
+    "administer_key",
     "agentcore_name",
     "assume_role_policy",
     "dash_name",
@@ -44,6 +45,20 @@ KEY_ADMINISTRATION = (
     "kms:UntagResource",
     "kms:Update*",
 )
+
+
+def administer_key(root: str) -> dict[str, object]:
+    """The key policy statement that lets the account manage a KMS key, and not use it.
+
+    In a key policy, "Resource": "*" means this key.
+    """
+    return {
+        "Sid": "Administer",
+        "Effect": "Allow",
+        "Principal": {"AWS": root},
+        "Action": list(KEY_ADMINISTRATION),
+        "Resource": "*",
+    }
 
 
 @dataclass(frozen=True)

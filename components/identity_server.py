@@ -27,7 +27,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components.aws import KEY_ADMINISTRATION, Account, kms_alias, policy_json
+from components.aws import Account, administer_key, kms_alias, policy_json
 from components.custom_domain import CustomDomain, CustomDomainArgs
 from fleetid.authorizer import DISCOVERY_PATH
 from fleetid.deploy import settings
@@ -449,13 +449,7 @@ def _wrap_key_policy(root: str, role_arn: str, fleet: str) -> str:
     # gets no use of it; only the server's role wraps and unwraps, and only signing keys.
     return policy_json(
         [
-            {
-                "Sid": "Administer",
-                "Effect": "Allow",
-                "Principal": {"AWS": root},
-                "Action": list(KEY_ADMINISTRATION),
-                "Resource": "*",
-            },
+            administer_key(root),
             {
                 "Sid": "WrapSigningKeys",
                 "Effect": "Allow",
@@ -471,13 +465,7 @@ def _wrap_key_policy(root: str, role_arn: str, fleet: str) -> str:
 def _sign_key_policy(root: str, role_arn: str) -> str:
     return policy_json(
         [
-            {
-                "Sid": "Administer",
-                "Effect": "Allow",
-                "Principal": {"AWS": root},
-                "Action": list(KEY_ADMINISTRATION),
-                "Resource": "*",
-            },
+            administer_key(root),
             {
                 "Sid": "SignTokens",
                 "Effect": "Allow",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.aws import KEY_ADMINISTRATION, policy_json
+from components.aws import administer_key, policy_json
 from components.identity_server import ServerLink, vault_alias
 from fleetid.deploy.records import (
     PROVISIONED_SECRET_NAMESPACE,
@@ -183,13 +183,7 @@ def _key_policy(root: str, role_arn: str, fleet: str) -> str:
     # In a key policy, "Resource": "*" means this key.
     return policy_json(
         [
-            {
-                "Sid": "Administer",
-                "Effect": "Allow",
-                "Principal": {"AWS": root},
-                "Action": list(KEY_ADMINISTRATION),
-                "Resource": "*",
-            },
+            administer_key(root),
             {
                 "Sid": "ProvisionSecrets",
                 "Effect": "Allow",
