@@ -271,11 +271,10 @@ _SERVER = click.option(
 @click.option("--issuer", help="the issuer URL, when the server sits behind a proxy")
 def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> None:
     """Run the identity server on this machine, with embedded state."""
-    import uvicorn
-
     from fleetid.server.app import create_app
     from fleetid.server.clients import LocalClientSecrets
     from fleetid.server.local import LocalState, RevisionWatcher, open_local
+    from fleetid.server.serving import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Every token request writes log lines; the format uses none of the record's thread,
@@ -305,14 +304,7 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     click.echo(f"credentials: fleetid credentials AGENT --state {state}")
     watcher.start()
     try:
-        uvicorn.run(
-            create_app(context),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-        )
+        run_server(create_app(context), host, port)
     finally:
         watcher.stop()
 
