@@ -123,6 +123,10 @@ def serve(app: ASGIApp, host: str, port: int) -> None:
         http=OneSendHttpProtocol,
         # The server speaks no WebSocket; an Upgrade header is an ordinary request.
         ws="none",
+        # Nothing here reads the client's address or the scheme from the request: URLs are
+        # built from the issuer (`--issuer` behind a proxy). X-Forwarded-* would change
+        # nothing but cost a layer on every request.
+        proxy_headers=False,
         log_level="warning",
         access_log=False,
         server_header=False,
