@@ -9,7 +9,10 @@ hurts both. Measured for fleetid: client credentials, and token exchange (a user
 token for a CRM token, through client authentication, subject-token verification, the
 sign-in grant lookup, the decision and the audit line) — each with RS256, the peer's
 algorithm, and with ES256 on a resource that asks for it. The table prints rps, p50 and
-p99, and each row's throughput as a ratio of the peer's client credentials.
+p99, each row's throughput as a ratio of the peer's client credentials, and the CPU the
+server process used (read from /proc over the middle of each load): cores busy, and CPU
+microseconds per token. The peer signs on Node's thread pool and can use more than one core;
+one fleetid process runs Python on one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +57,51 @@ class Figures:
     p50: float
     p99: float
     failures: int
+    cores: float | None = None
+
+
+class _CpuWatch:
+    """The cores used by the processes whose command line contains `marker`, measured
+    from a fifth to four fifths of a load that lasts `seconds`: start-up and the last
+    connections are left out."""
+
+    def __init__(self, marker: str, seconds: int) -> None:
+        self.marker = marker
+        self.seconds = seconds
+        self.cores: float | None = None
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _CpuWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._thread.join()
+
+    def _ticks(self) -> dict[str, int]:
+        ticks = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                if self.marker.encode() not in command:
+                    continue
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime and stime, the 14th and 15th fields of proc(5), summed over all threads.
+            ticks[pid] = int(fields[11]) + int(fields[12])
+        return ticks
+
+    def _watch(self) -> None:
+        if not Path("/proc/self/stat").exists():
+            return
+        time.sleep(self.seconds * 0.2)
+        before, started = self._ticks(), time.monotonic()
+        time.sleep(self.seconds * 0.6)
+        after, elapsed = self._ticks(), time.monotonic() - started
+        used = sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
+        if before:
+            self.cores = used / os.sysconf("SC_CLK_TCK") / elapsed
 
 
 def _parse(output: str) -> Figures:
@@ -143,25 +192,34 @@ def _basic(agent: str, secret: str) -> str:
 def _wrk(url: str, basic: str, body: str, seconds: int, connections: int) -> Figures:
     script = PEER_COPY / "token.lua"
     environment = {**os.environ, "BENCH_BASIC": basic, "BENCH_BODY": body}
-    done = subprocess.run(
-        ["wrk", "-s", str(script), "-t1", f"-c{connections}", f"-d{seconds}s", url],
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return _parse(done.stdout)
+    port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+    with _CpuWatch(f"--port {port}", seconds) as cpu:
+        done = subprocess.run(
+            ["wrk", "-s", str(script), "-t1", f"-c{connections}", f"-d{seconds}s", url],
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    figures = _parse(done.stdout)
+    figures.cores = cpu.cores
+    return figures
 
 
 def _peer(seconds: int, connections: int) -> Figures:
     port = _free_port()
-    done = subprocess.run(
-        ["bash", str(PEER_COPY / "bench.sh"), str(seconds), str(connections), str(port)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return _parse(done.stdout)
+    # bench.sh starts the peer, waits for its discovery document, then runs wrk: the watch
+    # begins a little later than the load, which the fifth it skips absorbs.
+    with _CpuWatch(f"server.js {port}", seconds) as cpu:
+        done = subprocess.run(
+            ["bash", str(PEER_COPY / "bench.sh"), str(seconds), str(connections), str(port)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    figures = _parse(done.stdout)
+    figures.cores = cpu.cores
+    return figures
 
 
 def _check(server: str, basic: str, body: str) -> None:
@@ -269,13 +327,22 @@ def _print(rows: dict[str, list[Figures]], options: argparse.Namespace) -> None:
         f"\ntoken endpoint, wrk -t1 -c{options.connections} -d{options.seconds}s, "
         f"median of {options.rounds} rounds, one server process each"
     )
-    print(f"{'load':36} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x peer':>7}")
+    print(
+        f"{'load':36} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x peer':>7}"
+        f" {'cores':>6} {'CPU us/token':>13}"
+    )
     for name, runs in rows.items():
         rps = statistics.median(run.rps for run in runs)
+        measured = [run for run in runs if run.cores is not None and run.rps]
+        cpu = f"{'-':>6} {'-':>13}"
+        if measured:
+            cores = statistics.median(run.cores or 0.0 for run in measured)
+            per_token = statistics.median((run.cores or 0.0) * 1e6 / run.rps for run in measured)
+            cpu = f"{cores:6.2f} {per_token:13.0f}"
         print(
             f"{name:36} {rps:7.0f} {statistics.median(run.p50 for run in runs):8.2f} "
             f"{statistics.median(run.p99 for run in runs):8.2f} "
-            f"{sum(run.failures for run in runs):8d} {rps / peer_rps:7.2f}"
+            f"{sum(run.failures for run in runs):8d} {rps / peer_rps:7.2f} {cpu}"
         )
     print("goal: fleetid token exchange >= 1.5x the peer's client_credentials rps, p99 no worse")
 

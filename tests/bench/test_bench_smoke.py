@@ -3,11 +3,15 @@ measurement of `bench.fleet` goes through. No duration is asserted."""
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench import fleet as bench_fleet
+from bench import server as bench_server
 from bench.synthetic import FleetSpec, generate, mutate
 from fleetid.fleet.compile import compile_sources
 from fleetid.fleet.load import read_sources
@@ -69,3 +73,42 @@ def test_the_report_prints(tmp_path: Path) -> None:
     assert "No peer to compare against" in table
     for row in ("validate + compile", "decision p50", "decision p99", "diff", "peak RSS"):
         assert row in table
+
+
+def test_the_server_benchmark_reads_a_process_cpu_and_prints_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    marker = "bench-cpu-watch-probe"
+    spinner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.time() + 3\nwhile time.time() < end: pass",
+            marker,
+        ]
+    )
+    try:
+        with bench_server._CpuWatch(marker, 1) as watch:
+            pass
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert watch.cores is not None and watch.cores > 0
+
+    peer = bench_server.Figures(2000.0, 10.0, 40.0, 0, cores=1.5)
+    ours = bench_server.Figures(3000.0, 8.0, 20.0, 0, cores=1.0)
+    unmeasured = bench_server.Figures(1000.0, 9.0, 30.0, 0)
+    rows = {
+        "peer client_credentials RS256": [peer],
+        "fleetid token exchange ES256": [ours],
+        "other": [unmeasured],
+    }
+    bench_server._print(rows, argparse.Namespace(connections=32, seconds=10, rounds=1))
+
+    table = capsys.readouterr().out
+    assert "CPU us/token" in table.splitlines()[2]
+    printed = {line[:36].strip(): line[36:].split() for line in table.splitlines()[3:6]}
+    # rps, p50, p99, non-2xx, x peer, cores, CPU us/token
+    assert printed["peer client_credentials RS256"][-3:] == ["1.00", "1.50", "750"]
+    assert printed["fleetid token exchange ES256"][-3:] == ["1.50", "1.00", "333"]
+    assert printed["other"][-2:] == ["-", "-"]
