@@ -13,6 +13,12 @@ p99, each row's throughput as a ratio of the peer's client credentials, and the 
 server process used (read from /proc over the middle of each load): cores busy, and CPU
 microseconds per token. The peer signs on Node's thread pool and can use more than one core;
 one fleetid process runs Python on one.
+
+One more row, beside the goal rather than in it: the same peer signing ES256, so that
+fleetid's ES256 rows can also be read against the same algorithm. It is the peer's own
+`server.js`, rewritten in the copy to sign with an EC key, and driven with the same wrk
+command as `bench.sh`; if the peer's source no longer has the line it rewrites, the row is
+left out with a note.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import jwt
 import yaml
 
 from fleetid.login import login
@@ -48,6 +56,9 @@ CRM = "https://crm.acme.example.com"
 CRM_ES256 = "https://crm-es256.acme.example.com"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+PEER_ROW = "peer client_credentials RS256"
+PEER_ES256_ROW = "peer client_credentials ES256"
+EXCHANGE_ES256_ROW = "fleetid token exchange ES256"
 _FIGURES = re.compile(r"p50_ms=([\d.]+) p99_ms=([\d.]+) rps=(\d+) non2xx=(\d+)")
 
 
@@ -167,12 +178,7 @@ def _fleetid(folder: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{server}/.well-known/openid-configuration", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        _wait_for_discovery(server)
         yield server
     finally:
         process.terminate()
@@ -189,11 +195,21 @@ def _basic(agent: str, secret: str) -> str:
     return base64.b64encode(f"{agent}:{secret}".encode()).decode()
 
 
-def _wrk(url: str, basic: str, body: str, seconds: int, connections: int) -> Figures:
+def _wrk(
+    url: str,
+    request: tuple[str, str] | None,
+    seconds: int,
+    connections: int,
+    *,
+    marker: str,
+) -> Figures:
+    """wrk with the peer's token.lua: `request` is the Basic credentials and the form, or
+    None for the script's own (the peer's client). `marker` finds the server's process."""
     script = PEER_COPY / "token.lua"
-    environment = {**os.environ, "BENCH_BASIC": basic, "BENCH_BODY": body}
-    port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
-    with _CpuWatch(f"--port {port}", seconds) as cpu:
+    environment = dict(os.environ)
+    if request is not None:
+        environment.update(BENCH_BASIC=request[0], BENCH_BODY=request[1])
+    with _CpuWatch(marker, seconds) as cpu:
         done = subprocess.run(
             ["wrk", "-s", str(script), "-t1", f"-c{connections}", f"-d{seconds}s", url],
             env=environment,
@@ -222,11 +238,82 @@ def _peer(seconds: int, connections: int) -> Figures:
     return figures
 
 
-def _check(server: str, basic: str, body: str) -> None:
+# The peer's access-token signing, and where its configuration starts.
+_PEER_SIGNING = 'jwt: { sign: { alg: "RS256" } }'
+_PEER_CONFIGURATION = "const configuration = {"
+_PEER_ES256_KEYS = """
+import { generateKeyPairSync } from "node:crypto";
+const signingKey = (type, options, alg) => ({
+  ...generateKeyPairSync(type, options).privateKey.export({ format: "jwk" }),
+  use: "sig",
+  alg,
+  kid: alg,
+});
+"""
+
+
+def _peer_es256() -> Path | None:
+    """The peer's server.js, signing access tokens with ES256: an RSA key (for what it
+    signs by default) and an EC key in its key set. None when the source has changed."""
+    source = (PEER_COPY / "server.js").read_text()
+    if source.count(_PEER_SIGNING) != 1 or source.count(_PEER_CONFIGURATION) != 1:
+        return None
+    keys = (
+        "  jwks: { keys: ["
+        'signingKey("rsa", { modulusLength: 2048 }, "RS256"), '
+        'signingKey("ec", { namedCurve: "P-256" }, "ES256")] },'
+    )
+    variant = PEER_COPY / "server-es256.js"
+    variant.write_text(
+        _PEER_ES256_KEYS
+        + source.replace(_PEER_SIGNING, 'jwt: { sign: { alg: "ES256" } }').replace(
+            _PEER_CONFIGURATION, f"{_PEER_CONFIGURATION}\n{keys}"
+        )
+    )
+    return variant
+
+
+def _peer_variant(source: Path, seconds: int, connections: int) -> Figures:
+    """What bench.sh does, for a rewritten copy of the peer."""
+    port = _free_port()
+    process = subprocess.Popen(
+        ["node", str(source), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_discovery(base)
+        _check_peer_signs(f"{base}/token", "ES256")
+        return _wrk(f"{base}/token", None, seconds, connections, marker=f"{source.name} {port}")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _check_peer_signs(token_endpoint: str, algorithm: str) -> None:
+    """token.lua's own request, once: the variant must answer it with a token signed as
+    intended, or its row would say nothing."""
+    script = (PEER_COPY / "token.lua").read_text()
+    defaults = dict(re.findall(r'os\.getenv\("(BENCH_\w+)"\) or "([^"]*)"', script))
+    answer = _check(token_endpoint, defaults["BENCH_BASIC"], defaults["BENCH_BODY"])
+    signed_with = jwt.get_unverified_header(str(answer["access_token"])).get("alg")
+    if signed_with != algorithm:
+        raise RuntimeError(f"the peer variant signed with {signed_with}, not {algorithm}")
+
+
+def _wait_for_discovery(base: str) -> None:
+    for _ in range(100):
+        try:
+            httpx.get(f"{base}/.well-known/openid-configuration", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+
+
+def _check(token_endpoint: str, basic: str, body: str) -> dict[str, Any]:
     """One request before the load, so that a misconfiguration is an error, not a table of
-    failed requests."""
+    failed requests; the token response."""
     response = httpx.post(
-        f"{server}/token",
+        token_endpoint,
         content=body,
         headers={
             "Authorization": f"Basic {basic}",
@@ -234,7 +321,8 @@ def _check(server: str, basic: str, body: str) -> None:
         },
     )
     if response.status_code != 200:
-        raise RuntimeError(f"fleetid refused the benchmark request: {response.text}")
+        raise RuntimeError(f"{token_endpoint} refused the benchmark request: {response.text}")
+    return dict(response.json())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 ),
             ),
-            "fleetid token exchange ES256": (
+            EXCHANGE_ES256_ROW: (
                 assistant,
                 urlencode(
                     {
@@ -306,14 +394,26 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         for basic, body in loads.values():
-            _check(server, basic, body)
+            _check(f"{server}/token", basic, body)
+        es256_peer = _peer_es256()
+        if es256_peer is None:
+            print("bench.server: the peer's server.js changed; no ES256 row for it")
+        marker = f"--port {server.rsplit(':', 1)[1]}"
         for _ in range(options.rounds):
-            rows.setdefault("peer client_credentials RS256", []).append(
-                _peer(options.seconds, options.connections)
-            )
-            for name, (basic, body) in loads.items():
+            rows.setdefault(PEER_ROW, []).append(_peer(options.seconds, options.connections))
+            if es256_peer is not None:
+                rows.setdefault(PEER_ES256_ROW, []).append(
+                    _peer_variant(es256_peer, options.seconds, options.connections)
+                )
+            for name, request in loads.items():
                 rows.setdefault(name, []).append(
-                    _wrk(f"{server}/token", basic, body, options.seconds, options.connections)
+                    _wrk(
+                        f"{server}/token",
+                        request,
+                        options.seconds,
+                        options.connections,
+                        marker=marker,
+                    )
                 )
 
     _print(rows, options)
@@ -322,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print(rows: dict[str, list[Figures]], options: argparse.Namespace) -> None:
     """Medians over the rounds."""
-    peer_rps = statistics.median(run.rps for run in rows["peer client_credentials RS256"])
+    peer_rps = statistics.median(run.rps for run in rows[PEER_ROW])
     print(
         f"\ntoken endpoint, wrk -t1 -c{options.connections} -d{options.seconds}s, "
         f"median of {options.rounds} rounds, one server process each"
@@ -345,6 +445,10 @@ def _print(rows: dict[str, list[Figures]], options: argparse.Namespace) -> None:
             f"{sum(run.failures for run in runs):8d} {rps / peer_rps:7.2f} {cpu}"
         )
     print("goal: fleetid token exchange >= 1.5x the peer's client_credentials rps, p99 no worse")
+    if PEER_ES256_ROW in rows and EXCHANGE_ES256_ROW in rows:
+        exchange = statistics.median(run.rps for run in rows[EXCHANGE_ES256_ROW])
+        peer = statistics.median(run.rps for run in rows[PEER_ES256_ROW])
+        print(f"ES256 on both sides: fleetid token exchange is {exchange / peer:.2f}x the peer's")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ measurement of `bench.fleet` goes through. No duration is asserted."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,17 +99,42 @@ def test_the_server_benchmark_reads_a_process_cpu_and_prints_it(
     peer = bench_server.Figures(2000.0, 10.0, 40.0, 0, cores=1.5)
     ours = bench_server.Figures(3000.0, 8.0, 20.0, 0, cores=1.0)
     unmeasured = bench_server.Figures(1000.0, 9.0, 30.0, 0)
+    peer_es256 = bench_server.Figures(2500.0, 9.0, 35.0, 0, cores=1.25)
     rows = {
-        "peer client_credentials RS256": [peer],
-        "fleetid token exchange ES256": [ours],
+        bench_server.PEER_ROW: [peer],
+        bench_server.PEER_ES256_ROW: [peer_es256],
+        bench_server.EXCHANGE_ES256_ROW: [ours],
         "other": [unmeasured],
     }
     bench_server._print(rows, argparse.Namespace(connections=32, seconds=10, rounds=1))
 
     table = capsys.readouterr().out
     assert "CPU us/token" in table.splitlines()[2]
-    printed = {line[:36].strip(): line[36:].split() for line in table.splitlines()[3:6]}
+    printed = {line[:36].strip(): line[36:].split() for line in table.splitlines()[3:7]}
     # rps, p50, p99, non-2xx, x peer, cores, CPU us/token
     assert printed["peer client_credentials RS256"][-3:] == ["1.00", "1.50", "750"]
+    assert printed["peer client_credentials ES256"][-3:] == ["1.25", "1.25", "500"]
     assert printed["fleetid token exchange ES256"][-3:] == ["1.50", "1.00", "333"]
     assert printed["other"][-2:] == ["-", "-"]
+    assert "ES256 on both sides: fleetid token exchange is 1.20x the peer's" in table
+
+
+def test_the_peer_is_rewritten_to_sign_es256_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = (bench_server.PEER_SOURCE / "server.js").read_text()
+    (tmp_path / "server.js").write_text(original)
+    monkeypatch.setattr(bench_server, "PEER_COPY", tmp_path)
+
+    variant = bench_server._peer_es256()
+
+    assert variant is not None
+    text = variant.read_text()
+    assert 'jwt: { sign: { alg: "ES256" } }' in text and '"RS256" } }' not in text
+    assert 'namedCurve: "P-256" }, "ES256"' in text
+    if shutil.which("node"):
+        subprocess.run(["node", "--check", str(variant)], check=True, capture_output=True)
+
+    # A peer whose signing line reads differently is left alone, not half rewritten.
+    (tmp_path / "server.js").write_text(original.replace('alg: "RS256"', 'alg: "PS256"'))
+    assert bench_server._peer_es256() is None
