@@ -216,3 +216,13 @@ def test_a_streamed_chunk_is_not_held_back_for_the_next(port: int) -> None:
             received += connection.recv(65536)
     assert b"transfer-encoding: chunked" in received
     assert b"second" in received
+
+
+def test_a_malformed_request_gets_its_400_before_the_close(port: int) -> None:
+    with _connect(port) as connection:
+        connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert received.endswith(b"Invalid HTTP request received.")
