@@ -209,30 +209,25 @@ def _wrk(
     environment = dict(os.environ)
     if request is not None:
         environment.update(BENCH_BASIC=request[0], BENCH_BODY=request[1])
-    with _CpuWatch(marker, seconds) as cpu:
-        done = subprocess.run(
-            ["wrk", "-s", str(script), "-t1", f"-c{connections}", f"-d{seconds}s", url],
-            env=environment,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    figures = _parse(done.stdout)
-    figures.cores = cpu.cores
-    return figures
+    command = ["wrk", "-s", str(script), "-t1", f"-c{connections}", f"-d{seconds}s", url]
+    return _measured(command, environment, marker=marker, seconds=seconds)
 
 
 def _peer(seconds: int, connections: int) -> Figures:
     port = _free_port()
     # bench.sh starts the peer, waits for its discovery document, then runs wrk: the watch
     # begins a little later than the load, which the fifth it skips absorbs.
-    with _CpuWatch(f"server.js {port}", seconds) as cpu:
-        done = subprocess.run(
-            ["bash", str(PEER_COPY / "bench.sh"), str(seconds), str(connections), str(port)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+    command = ["bash", str(PEER_COPY / "bench.sh"), str(seconds), str(connections), str(port)]
+    return _measured(command, dict(os.environ), marker=f"server.js {port}", seconds=seconds)
+
+
+def _measured(
+    command: list[str], environment: dict[str, str], *, marker: str, seconds: int
+) -> Figures:
+    """Run a load that prints token.lua's figures, watching the CPU of the server process
+    that `marker` finds."""
+    with _CpuWatch(marker, seconds) as cpu:
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
     figures = _parse(done.stdout)
     figures.cores = cpu.cores
     return figures

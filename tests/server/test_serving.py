@@ -161,6 +161,13 @@ def _read_response(connection: socket.socket, buffered: bytearray) -> bytes:
     return head + b"\r\n\r\n" + rest[:length]
 
 
+def _read_until_closed(connection: socket.socket) -> bytes:
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(port: int) -> None:
     with _connect(port) as connection:
         buffered = bytearray()
@@ -177,9 +184,7 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(port: int) -> N
 def test_connection_close_sends_the_response_before_closing(port: int) -> None:
     with _connect(port) as connection:
         connection.sendall(b"GET /bye HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
+        received = _read_until_closed(connection)
     assert received.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"connection: close" in received.lower()
     assert received.endswith(b"echo:/bye:")
@@ -221,8 +226,6 @@ def test_a_streamed_chunk_is_not_held_back_for_the_next(port: int) -> None:
 def test_a_malformed_request_gets_its_400_before_the_close(port: int) -> None:
     with _connect(port) as connection:
         connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
+        received = _read_until_closed(connection)
     assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert received.endswith(b"Invalid HTTP request received.")
