@@ -11,8 +11,11 @@ sign-in grant lookup, the decision and the audit line) — each with RS256, the 
 algorithm, and with ES256 on a resource that asks for it. The table prints rps, p50 and
 p99, each row's throughput as a ratio of the peer's client credentials, and the CPU the
 server process used (read from /proc over the middle of each load): cores busy, and CPU
-microseconds per token. The peer signs on Node's thread pool and can use more than one core;
-one fleetid process runs Python on one.
+microseconds per token, and the share of the machine's CPU that its hypervisor took
+meanwhile. The peer signs on Node's thread pool and can use more than one core; one fleetid
+process runs Python on one. Under the table: the goal, met or missed by each token exchange
+row, and the signing rate of one core here, measured before the loads with the library and
+key sizes the server uses, which bounds what any single core can issue.
 
 One more row, beside the goal rather than in it: the same peer signing ES256, so that
 fleetid's ES256 rows can also be read against the same algorithm. It is the peer's own
@@ -47,6 +50,12 @@ import httpx
 import jwt
 import yaml
 
+from fleetid.keys.algorithms import (
+    Algorithm,
+    PrivateKey,
+    generate_private_key,
+    sign_with_private_key,
+)
 from fleetid.login import login
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +67,10 @@ EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 PEER_ROW = "peer client_credentials RS256"
 PEER_ES256_ROW = "peer client_credentials ES256"
+EXCHANGE_RS256_ROW = "fleetid token exchange RS256"
 EXCHANGE_ES256_ROW = "fleetid token exchange ES256"
+# The throughput the goal asks of the token exchange, as a multiple of the peer's.
+GOAL = 1.5
 _FIGURES = re.compile(r"p50_ms=([\d.]+) p99_ms=([\d.]+) rps=(\d+) non2xx=(\d+)")
 
 
@@ -69,17 +81,21 @@ class Figures:
     p99: float
     failures: int
     cores: float | None = None
+    stolen: float | None = None
 
 
 class _CpuWatch:
     """The cores used by the processes whose command line contains `marker`, measured
     from a fifth to four fifths of a load that lasts `seconds`: start-up and the last
-    connections are left out."""
+    connections are left out. Over the same window, the share of the machine's CPU time
+    that its hypervisor gave to other guests ("steal" in proc(5)), which tells a slow round
+    on a shared host from a slow server."""
 
     def __init__(self, marker: str, seconds: int) -> None:
         self.marker = marker
         self.seconds = seconds
         self.cores: float | None = None
+        self.stolen: float | None = None
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self) -> _CpuWatch:
@@ -103,16 +119,28 @@ class _CpuWatch:
             ticks[pid] = int(fields[11]) + int(fields[12])
         return ticks
 
+    @staticmethod
+    def _machine() -> tuple[int, int]:
+        """The machine's CPU time so far, and the part of it stolen, in ticks."""
+        # The first line of /proc/stat: user nice system idle iowait irq softirq steal,
+        # then guest times that user already counts.
+        fields = [int(field) for field in Path("/proc/stat").read_text().split()[1:9]]
+        return sum(fields), fields[7]
+
     def _watch(self) -> None:
         if not Path("/proc/self/stat").exists():
             return
         time.sleep(self.seconds * 0.2)
-        before, started = self._ticks(), time.monotonic()
+        before, machine_before, started = self._ticks(), self._machine(), time.monotonic()
         time.sleep(self.seconds * 0.6)
-        after, elapsed = self._ticks(), time.monotonic() - started
+        after, machine_after = self._ticks(), self._machine()
+        elapsed = time.monotonic() - started
         used = sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
         if before:
             self.cores = used / os.sysconf("SC_CLK_TCK") / elapsed
+        total = machine_after[0] - machine_before[0]
+        if total > 0:
+            self.stolen = (machine_after[1] - machine_before[1]) / total
 
 
 def _parse(output: str) -> Figures:
@@ -230,7 +258,31 @@ def _measured(
         done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
     figures = _parse(done.stdout)
     figures.cores = cpu.cores
+    figures.stolen = cpu.stolen
     return figures
+
+
+@dataclass
+class SigningRates:
+    """Signatures per second on one core, with the library and key sizes the server uses."""
+
+    rs256: float
+    es256: float
+
+
+def _signing_rates(seconds: float = 1.0) -> SigningRates:
+    message = b"x" * 400  # about a token's header and claims
+    rsa_key = generate_private_key("RS256")
+    ec_key = generate_private_key("ES256")
+
+    def rate(key: PrivateKey, algorithm: Algorithm) -> float:
+        count, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            sign_with_private_key(key, algorithm, message)
+            count += 1
+        return count / elapsed
+
+    return SigningRates(rate(rsa_key, "RS256"), rate(ec_key, "ES256"))
 
 
 # The peer's access-token signing, and where its configuration starts.
@@ -353,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"grant_type": "client_credentials", "scope": "crm:read", "resource": CRM}
                 ),
             ),
-            "fleetid token exchange RS256": (
+            EXCHANGE_RS256_ROW: (
                 assistant,
                 urlencode(
                     {
@@ -390,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for basic, body in loads.values():
             _check(f"{server}/token", basic, body)
+        # Before the loads, on an otherwise idle machine.
+        rates = _signing_rates()
         es256_peer = _peer_es256()
         if es256_peer is None:
             print("bench.server: the peer's server.js changed; no ES256 row for it")
@@ -411,20 +465,23 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
 
-    _print(rows, options)
+    _print(rows, options, rates)
     return 0
 
 
-def _print(rows: dict[str, list[Figures]], options: argparse.Namespace) -> None:
-    """Medians over the rounds."""
+def _print(
+    rows: dict[str, list[Figures]], options: argparse.Namespace, rates: SigningRates | None = None
+) -> None:
+    """Medians over the rounds, then the goal and what bounds it."""
     peer_rps = statistics.median(run.rps for run in rows[PEER_ROW])
+    peer_p99 = statistics.median(run.p99 for run in rows[PEER_ROW])
     print(
         f"\ntoken endpoint, wrk -t1 -c{options.connections} -d{options.seconds}s, "
         f"median of {options.rounds} rounds, one server process each"
     )
     print(
         f"{'load':36} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x peer':>7}"
-        f" {'cores':>6} {'CPU us/token':>13}"
+        f" {'cores':>6} {'CPU us/token':>13} {'stolen':>7}"
     )
     for name, runs in rows.items():
         rps = statistics.median(run.rps for run in runs)
@@ -434,12 +491,31 @@ def _print(rows: dict[str, list[Figures]], options: argparse.Namespace) -> None:
             cores = statistics.median(run.cores or 0.0 for run in measured)
             per_token = statistics.median((run.cores or 0.0) * 1e6 / run.rps for run in measured)
             cpu = f"{cores:6.2f} {per_token:13.0f}"
+        stolen_runs = [run.stolen for run in runs if run.stolen is not None]
+        stolen = f"{statistics.median(stolen_runs):7.0%}" if stolen_runs else f"{'-':>7}"
         print(
             f"{name:36} {rps:7.0f} {statistics.median(run.p50 for run in runs):8.2f} "
             f"{statistics.median(run.p99 for run in runs):8.2f} "
-            f"{sum(run.failures for run in runs):8d} {rps / peer_rps:7.2f} {cpu}"
+            f"{sum(run.failures for run in runs):8d} {rps / peer_rps:7.2f} {cpu} {stolen}"
         )
     print("goal: fleetid token exchange >= 1.5x the peer's client_credentials rps, p99 no worse")
+    for name in (EXCHANGE_RS256_ROW, EXCHANGE_ES256_ROW):
+        if name not in rows:
+            continue
+        ratio = statistics.median(run.rps for run in rows[name]) / peer_rps
+        p99 = statistics.median(run.p99 for run in rows[name])
+        met = ratio >= GOAL and p99 <= peer_p99
+        print(
+            f"  {name}: {ratio:.2f}x, p99 {p99:.2f} ms against {peer_p99:.2f}: "
+            f"{'met' if met else 'missed'}"
+        )
+    if rates is not None:
+        goal_rps = GOAL * peer_rps
+        print(
+            f"one core here signs {rates.rs256:.0f} RS256 or {rates.es256:.0f} ES256 "
+            f"signatures/s; at the goal's {goal_rps:.0f} rps, RS256 signatures alone take "
+            f"{goal_rps / rates.rs256:.2f} of the machine's {os.cpu_count()} cores"
+        )
     if PEER_ES256_ROW in rows and EXCHANGE_ES256_ROW in rows:
         exchange = statistics.median(run.rps for run in rows[EXCHANGE_ES256_ROW])
         peer = statistics.median(run.rps for run in rows[PEER_ES256_ROW])
