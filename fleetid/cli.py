@@ -10,7 +10,6 @@ text could carry a secret.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -274,14 +273,10 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     from fleetid.server.app import create_app
     from fleetid.server.clients import LocalClientSecrets
     from fleetid.server.local import LocalState, RevisionWatcher, open_local
+    from fleetid.server.logs import configure_server_logging
     from fleetid.server.serving import serve as run_server
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # Every token request writes log lines; the format uses none of the record's thread,
-    # process or caller fields, so the logging module need not look them up (its own
-    # advice for speed).
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None
+    configure_server_logging()
     base = issuer or f"http://{host}:{port}"
     try:
         context = open_local(fleet, LocalState(Path(state)), base)
