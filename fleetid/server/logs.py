@@ -1,39 +1,49 @@
 """The server's log: one line per request and one per decision, each with its time.
 
 Every token request writes two lines, so their cost counts: the logging module formats each
-record's time with `time.strftime` anew, a third of what a line costs. `StampFormatter`
-writes the same text but formats the date and the second once per second.
+record's time with `time.strftime` anew, a fifth to a quarter of what a line costs.
+`StampFormatter` writes the same text but formats the date and the second once per second.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["LOG_FORMAT", "StampFormatter", "configure_server_logging"]
 
 LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 
+# What a remembered stamp was made from: the second, the converter and the format.
+_StampKey = tuple[int, Callable[..., time.struct_time], str]
+
 
 class StampFormatter(logging.Formatter):
     """A `logging.Formatter` whose default time stamps are remembered for the second."""
 
-    def __init__(self, fmt: str = LOG_FORMAT) -> None:
-        super().__init__(fmt)
-        # One tuple, replaced whole, so that a thread never pairs one second's number
-        # with another second's text.
-        self._stamp: tuple[int, str] = (-1, "")
+    def __init__(self, fmt: str | None = LOG_FORMAT, *args: Any, **kwargs: Any) -> None:
+        super().__init__(fmt, *args, **kwargs)
+        # One tuple, replaced whole, so that a thread never pairs one second's key with
+        # another second's text.
+        self._stamp: tuple[_StampKey | None, str] = (None, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None:
+        if datefmt:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+
+        # Floor, as time.localtime does: int() would round a time before 1970 the other way.
+        second = math.floor(record.created)
+        key = (second, self.converter, self.default_time_format)
         remembered, text = self._stamp
-        if remembered != second:
+        if remembered != key:
             text = time.strftime(self.default_time_format, self.converter(second))
-            self._stamp = (second, text)
+            self._stamp = (key, text)
         if self.default_msec_format:
             return self.default_msec_format % (text, record.msecs)
+
         return text
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,9 +20,12 @@ def _record(created: float) -> logging.LogRecord:
 
 
 # Moments within a few seconds of each other, in any order: the remembered second is
-# sometimes right, sometimes one behind, sometimes ahead.
+# sometimes right, sometimes one behind, sometimes ahead. Some are before 1970, where
+# rounding toward zero and rounding down differ.
 _MOMENTS = st.lists(
-    st.floats(min_value=1_800_000_000, max_value=1_800_000_004, allow_nan=False), min_size=1
+    st.floats(min_value=1_800_000_000, max_value=1_800_000_004)
+    | st.floats(min_value=-3, max_value=3),
+    min_size=1,
 )
 
 
@@ -35,19 +40,41 @@ def test_lines_match_the_standard_formatter(moments: list[float]) -> None:
 def test_a_date_format_of_the_callers_own_is_honoured() -> None:
     record = _record(1_800_000_000.25)
 
-    assert StampFormatter().formatTime(record, "%Y") == logging.Formatter().formatTime(
-        record, "%Y"
-    )
+    assert StampFormatter(LOG_FORMAT, "%Y").format(record) == logging.Formatter(
+        LOG_FORMAT, "%Y"
+    ).format(record)
 
 
-def test_a_stamp_is_reused_within_its_second_and_renewed_after() -> None:
+def test_a_changed_converter_is_not_served_a_stale_stamp() -> None:
+    formatter, standard = StampFormatter(), logging.Formatter(LOG_FORMAT)
+    record = _record(1_800_000_000.5)
+    formatter.format(record)
+
+    # An hour ahead of any time zone the machine may be in.
+    def ahead(seconds: float | None) -> time.struct_time:
+        return time.localtime((seconds or 0) + 3600)
+
+    formatter.converter = standard.converter = ahead
+
+    assert formatter.format(record) == standard.format(record)
+
+
+def test_the_date_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    strftime = time.strftime
+
+    def counting_strftime(form: str, moment: time.struct_time) -> str:
+        calls.append(form)
+        return strftime(form, moment)
+
+    monkeypatch.setattr(time, "strftime", counting_strftime)
     formatter = StampFormatter()
 
-    first = formatter.formatTime(_record(1_800_000_000.125))
-    same_second = formatter.formatTime(_record(1_800_000_000.875))
-    next_second = formatter.formatTime(_record(1_800_000_001.0))
+    stamps = [
+        formatter.formatTime(_record(moment))
+        for moment in (1_800_000_000.125, 1_800_000_000.5, 1_800_000_000.875, 1_800_000_001.0)
+    ]
 
-    assert first[:-4] == same_second[:-4]
-    assert (first[-3:], same_second[-3:]) == ("125", "875")
-    assert next_second[:-4] != first[:-4]
-    assert next_second.endswith(",000")
+    assert len(calls) == 2
+    assert [stamp[-3:] for stamp in stamps] == ["125", "500", "875", "000"]
+    assert stamps[0][:-4] == stamps[2][:-4] != stamps[3][:-4]
