@@ -1,7 +1,7 @@
 """The server's log: one line per request and one per decision, each with its time.
 
 Every token request writes two lines, so their cost counts: the logging module formats each
-record's time with `time.strftime` anew, a fifth to a quarter of what a line costs.
+record's time with `time.strftime` anew, an eighth to a quarter of what a line costs.
 `StampFormatter` writes the same text but formats the date and the second once per second.
 """
 
