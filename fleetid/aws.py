@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-__all__ = ["AWS_ERRORS", "BODY_LOGGERS", "aws_error_code"]
+__all__ = ["AWS_ERRORS", "BODY_LOGGERS", "aws_error_code", "body_logger_at_debug"]
 
 AWS_ERRORS: Final = (BotoCoreError, ClientError)
 
@@ -14,6 +15,15 @@ AWS_ERRORS: Final = (BotoCoreError, ClientError)
 # ("Response body:") at DEBUG on these two loggers. For KMS Encrypt and Decrypt those bodies
 # carry the private key, base64-encoded.
 BODY_LOGGERS: Final = ("botocore.endpoint", "botocore.parsers")
+
+
+def body_logger_at_debug() -> str | None:
+    """The first of botocore's body loggers that would log at DEBUG, or None."""
+    for name in BODY_LOGGERS:
+        if logging.getLogger(name).isEnabledFor(logging.DEBUG):
+            return name
+
+    return None
 
 
 def aws_error_code(exc: BotoCoreError | ClientError) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Final
 from botocore.exceptions import ClientError, ParamValidationError
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleetid.aws import AWS_ERRORS, BODY_LOGGERS, aws_error_code
+from fleetid.aws import AWS_ERRORS, aws_error_code, body_logger_at_debug
 from fleetid.keys.algorithms import Algorithm, PrivateKey
 from fleetid.keys.custody import Clock
 from fleetid.keys.errors import KeyExposureRisk, KeyRingInvalid, KeyUnwrapFailed, KmsFailure
@@ -145,9 +145,9 @@ class KmsWrappedKeys(RingCustody):
 
 def refuse_if_kms_bodies_are_logged() -> None:
     """Raise `KeyExposureRisk` if botocore would log a KMS call that carries a private key."""
-    for name in BODY_LOGGERS:
-        if logging.getLogger(name).isEnabledFor(logging.DEBUG):
-            raise KeyExposureRisk(
-                f"logger {name!r} is at DEBUG, where botocore logs KMS request and response "
-                "bodies, and these would hold a private key; set it to INFO or above"
-            )
+    name = body_logger_at_debug()
+    if name is not None:
+        raise KeyExposureRisk(
+            f"logger {name!r} is at DEBUG, where botocore logs KMS request and response "
+            "bodies, and these would hold a private key; set it to INFO or above"
+        )

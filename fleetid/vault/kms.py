@@ -23,14 +23,13 @@ logger is at DEBUG.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
-from fleetid.aws import AWS_ERRORS, BODY_LOGGERS, aws_error_code
+from fleetid.aws import AWS_ERRORS, aws_error_code, body_logger_at_debug
 from fleetid.vault.envelope import Envelope
 from fleetid.vault.errors import DecryptionFailed, EnvelopeError, SecretExposureRisk
 
@@ -161,9 +160,9 @@ def _failure(operation: str, key_id: str, exc: Exception) -> EnvelopeError:
 
 
 def _refuse_if_bodies_are_logged() -> None:
-    for name in BODY_LOGGERS:
-        if logging.getLogger(name).isEnabledFor(logging.DEBUG):
-            raise SecretExposureRisk(
-                f"logger {name!r} is at DEBUG, where botocore logs KMS request and response "
-                "bodies, and these would hold a data key; set it to INFO or above"
-            )
+    name = body_logger_at_debug()
+    if name is not None:
+        raise SecretExposureRisk(
+            f"logger {name!r} is at DEBUG, where botocore logs KMS request and response "
+            "bodies, and these would hold a data key; set it to INFO or above"
+        )
