@@ -65,6 +65,8 @@ ARCHITECTURES: Final = {
 
 # 1980-01-01, the earliest time a zip entry can hold.
 _EPOCH: Final = (1980, 1, 1, 0, 0, 0)
+# Not setup.py: it only adds the native RS256 signing threads of `fleetid serve`, and leaving
+# it out keeps the wheel pure Python, installable for Lambda's platform from this machine.
 _SOURCE_FILES: Final = ("pyproject.toml", "README.md", "LICENSE")
 _PIP: Final = (sys.executable, "-m", "pip")
 _COMPILEALL: Final = (sys.executable, "-m", "compileall", "-q", "-j", "1")

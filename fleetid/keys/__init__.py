@@ -14,7 +14,7 @@ rotation never leaves a verifier holding a token it cannot check.
 """
 
 from fleetid.keys.algorithms import ALGORITHMS, Algorithm
-from fleetid.keys.custody import Clock, KeyCustody, Signature, encode_jwt
+from fleetid.keys.custody import Clock, KeyCustody, Signature, encode_jwt, encode_jwt_async
 from fleetid.keys.errors import (
     KeyCustodyError,
     KeyExposureRisk,
@@ -67,5 +67,6 @@ __all__ = [
     "StoredRing",
     "UnsupportedAlgorithm",
     "encode_jwt",
+    "encode_jwt_async",
     "refuse_if_kms_bodies_are_logged",
 ]

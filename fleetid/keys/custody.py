@@ -20,7 +20,7 @@ from fleetid.keys.errors import SigningKeyChanged
 from fleetid.keys.jwk import base64url_encode
 from fleetid.keys.ring import JsonWebKeySet
 
-__all__ = ["Clock", "KeyCustody", "Signature", "encode_jwt"]
+__all__ = ["Clock", "KeyCustody", "Signature", "encode_jwt", "encode_jwt_async"]
 
 Clock: TypeAlias = Callable[[], float]
 """Unix time in seconds; `time.time` outside tests."""
@@ -57,6 +57,19 @@ class KeyCustody(ABC):
         SHA-256 for RS256, and R || S, 64 octets, for ES256.
         """
 
+    async def sign_async(self, signing_input: bytes) -> Signature:
+        """`sign`, for a caller on an event loop.
+
+        A custody whose signatures are slow work may make them elsewhere while the loop
+        serves other requests; this default makes them in place.
+        """
+        return self.sign(signing_input)
+
+    def sign_on_threads(self, threads: int) -> None:  # noqa: B027 - optional, as `reload`
+        """Let `sign_async` make signatures on `threads` threads of its own, where that
+        costs less than making them on the event loop; a custody with no such work to move
+        ignores it."""
+
     @abstractmethod
     def jwks(self) -> JsonWebKeySet:
         """The public keys of the next, active and unretired previous keys, as a JWK Set."""
@@ -84,14 +97,44 @@ def encode_jwt(custody: KeyCustody, claims: Mapping[str, Any], *, typ: str = "at
     payload = base64url_encode(_compact_json(claims))
 
     for _ in range(SIGNING_ATTEMPTS):
-        kid, alg = custody.active_key()
-        signing_input = f"{_header(alg, kid, typ)}.{payload}"
-
-        signature = custody.sign(signing_input.encode("ascii"))
-        if (signature.kid, signature.alg) == (kid, alg):
-            return f"{signing_input}.{base64url_encode(signature.value)}"
+        key, signing_input = _signing_input(custody, payload, typ)
+        token = _compact_jws(key, signing_input, custody.sign(signing_input.encode("ascii")))
+        if token is not None:
+            return token
 
     raise SigningKeyChanged()
+
+
+async def encode_jwt_async(
+    custody: KeyCustody, claims: Mapping[str, Any], *, typ: str = "at+jwt"
+) -> str:
+    """`encode_jwt` on an event loop, through the custody's `sign_async`."""
+    payload = base64url_encode(_compact_json(claims))
+
+    for _ in range(SIGNING_ATTEMPTS):
+        key, signing_input = _signing_input(custody, payload, typ)
+        signature = await custody.sign_async(signing_input.encode("ascii"))
+        token = _compact_jws(key, signing_input, signature)
+        if token is not None:
+            return token
+
+    raise SigningKeyChanged()
+
+
+def _signing_input(
+    custody: KeyCustody, payload: str, typ: str
+) -> tuple[tuple[str, Algorithm], str]:
+    kid, alg = custody.active_key()
+    return (kid, alg), f"{_header(alg, kid, typ)}.{payload}"
+
+
+def _compact_jws(
+    key: tuple[str, Algorithm], signing_input: str, signature: Signature
+) -> str | None:
+    """The token, or None when a rotation changed the key between header and signature."""
+    if (signature.kid, signature.alg) != key:
+        return None
+    return f"{signing_input}.{base64url_encode(signature.value)}"
 
 
 @functools.lru_cache(maxsize=64)

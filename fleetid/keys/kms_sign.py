@@ -11,6 +11,7 @@ references the server is started with, and rotation is a change to those referen
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -75,6 +76,11 @@ class KmsSigner(KeyCustody):
         active = self._current().ring.active
 
         return active.kid, active.alg
+
+    async def sign_async(self, signing_input: bytes) -> Signature:
+        """`sign` on a worker thread: the KMS call waits milliseconds on the network, which
+        the event loop spends on other requests."""
+        return await asyncio.to_thread(self.sign, signing_input)
 
     def sign(self, signing_input: bytes) -> Signature:
         """One KMS `Sign` call over the SHA-256 digest of `signing_input`."""

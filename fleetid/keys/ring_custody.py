@@ -33,6 +33,7 @@ from fleetid.keys.algorithms import (
 from fleetid.keys.custody import Clock, KeyCustody, Signature
 from fleetid.keys.errors import KeyRingConflict, KeyRingInvalid
 from fleetid.keys.jwk import public_jwk
+from fleetid.keys.offload import SigningThreads, native_signing_available
 from fleetid.keys.persistence import RingPersistence, StoredRing
 from fleetid.keys.ring import JsonWebKeySet, KeyRecord, KeyRing, KeyState
 
@@ -66,6 +67,7 @@ class RingCustody(KeyCustody):
         self._clock = clock
         self._lock = threading.Lock()
         self._held: _HeldRing | None = None
+        self._threads: SigningThreads | None = None
 
     @abstractmethod
     def _store_private_key(self, record: KeyRecord, key: PrivateKey) -> dict[str, Any]:
@@ -88,6 +90,26 @@ class RingCustody(KeyCustody):
         value = sign_with_private_key(held.private_keys[active.kid], active.alg, signing_input)
 
         return Signature(kid=active.kid, alg=active.alg, value=value)
+
+    async def sign_async(self, signing_input: bytes) -> Signature:
+        """Sign with the active key, on the signing threads when it is an RSA key and
+        `sign_on_threads` gave it some."""
+        held = self._current()
+        active = held.ring.active
+        key = held.private_keys[active.kid]
+        threads = self._threads
+        if threads is None or not isinstance(key, rsa.RSAPrivateKey) or not threads.usable():
+            return self.sign(signing_input)
+
+        value = await threads.sign(active.kid, key, signing_input)
+
+        return Signature(kid=active.kid, alg=active.alg, value=value)
+
+    def sign_on_threads(self, threads: int) -> None:
+        """Make `sign_async`'s RS256 signatures on this many native threads, where the
+        compiled signing threads exist; ES256 signatures are cheap and stay in place."""
+        if native_signing_available():
+            self._threads = SigningThreads(threads)
 
     def jwks(self) -> JsonWebKeySet:
         """The next, active and unretired previous public keys."""

@@ -21,14 +21,12 @@ from urllib.parse import unquote_plus
 
 import orjson
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetid.fleet.compile import Revision
-from fleetid.fleet.semantics import connection_urn
 from fleetid.keys import KeyCustodyError
 from fleetid.server import authorize as authorization
 from fleetid.server import connections
@@ -60,7 +58,6 @@ logger = logging.getLogger("fleetid.server")
 
 _REPEATABLE = frozenset({"resource", "audience"})
 _TOKEN_HEADERS = frozenset({b"authorization", b"content-type", b"content-length"})
-_CONNECTION_PREFIX = connection_urn("")
 _MAX_FIELDS = 100
 # The escaped values of token requests are few, short and repeat (grant and token type
 # URNs, resource URLs, scopes), so their unquoting is memoised.
@@ -215,7 +212,7 @@ def _guarded(context: ServerContext, handler: Handler) -> Callable[[Request], Aw
     return endpoint
 
 
-def _issue(
+async def _issue(
     context: ServerContext, form: Form, targets: list[str], authorization: str | None
 ) -> dict[str, Any]:
     revision = context.live.get()
@@ -226,7 +223,9 @@ def _issue(
     if grant is None:
         raise UnsupportedGrantType(f"grant_type {grant_type[:80]!r} is not supported")
     client = _client(context, revision, authorization, form)
-    return grant(context, TokenRequest(revision, client, form, targets, int(context.clock())))
+    return await grant(
+        context, TokenRequest(revision, client, form, targets, int(context.clock()))
+    )
 
 
 async def _introspect(context: ServerContext, request: Request) -> Response:
@@ -356,11 +355,7 @@ class _Front:
             _check_form_type(found.get(b"content-type"))
             _check_length(found.get(b"content-length"), context.max_body)
             form, targets = parse_form(await _receive_body(receive, context.max_body))
-            issue = functools.partial(_issue, context, form, targets, found.get(b"authorization"))
-            # A connection's credential may have to be refreshed at its provider, which can
-            # take seconds: that request waits on a worker thread, not on the event loop.
-            reaches_provider = any(target.startswith(_CONNECTION_PREFIX) for target in targets)
-            body = await run_in_threadpool(issue) if reaches_provider else issue()
+            body = await _issue(context, form, targets, found.get(b"authorization"))
             status, headers = 200, _NO_STORE
         except _ClientGone:
             return 499

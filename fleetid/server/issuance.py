@@ -199,7 +199,7 @@ class Issued:
     decision: Decision
 
 
-def issue_for_resource(
+async def issue_for_resource(
     context: ServerContext,
     revision: Revision,
     *,
@@ -250,7 +250,7 @@ def issue_for_resource(
         act=act,
     )
     algorithm = revision.fleet.resources[resource].signing_algorithm
-    token = context.tokens.sign(claims, algorithm=algorithm)
+    token = await context.tokens.sign(claims, algorithm=algorithm)
     context.audit.record(
         audit_event(
             time=context.clock(),

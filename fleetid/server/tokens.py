@@ -33,7 +33,7 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from fleetid.fleet.compile import Revision
-from fleetid.keys import Algorithm, KeyCustody, encode_jwt
+from fleetid.keys import Algorithm, KeyCustody, encode_jwt_async
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
@@ -128,6 +128,7 @@ class TokenService:
         self._keys: KeySet | None = None
         self._verified: OrderedDict[str, VerifiedToken] = OrderedDict()
         self._lock = threading.Lock()
+        self._signing_threads = 0
         self.custody(default_algorithm)
 
     def custody(self, algorithm: Algorithm) -> KeyCustody:
@@ -137,6 +138,8 @@ class TokenService:
                 custody = self._custodies.get(algorithm)
                 if custody is None:
                     custody = self._custody_for(algorithm)
+                    if self._signing_threads:
+                        custody.sign_on_threads(self._signing_threads)
                     self._custodies[algorithm] = custody
         return custody
 
@@ -164,10 +167,18 @@ class TokenService:
         custodies = list(self._custodies.values())
         return {"keys": [key for custody in custodies for key in custody.jwks()["keys"]]}
 
-    def sign(
+    async def sign(
         self, claims: Mapping[str, Any], *, typ: str = "at+jwt", algorithm: Algorithm | None = None
     ) -> str:
-        return encode_jwt(self.custody(algorithm or self.default_algorithm), claims, typ=typ)
+        custody = self.custody(algorithm or self.default_algorithm)
+        return await encode_jwt_async(custody, claims, typ=typ)
+
+    def sign_on_threads(self, threads: int) -> None:
+        """Have every custody, present and to come, make its slow signatures on `threads`
+        threads of its own (`KeyCustody.sign_on_threads`)."""
+        self._signing_threads = threads
+        for custody in list(self._custodies.values()):
+            custody.sign_on_threads(threads)
 
     def access_claims(
         self,

@@ -27,9 +27,11 @@ from serverkit import (
     oauth_error,
 )
 
-import fleetid.server.app
 from fleetid.server.app import form_pairs
 from fleetid.server.context import MAX_BODY_BYTES
+from fleetid.server.grants import token_exchange
+from fleetid.server.grants.authorization_code import CODE_NAMESPACE
+from fleetid.server.tokens import digest
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -334,16 +336,41 @@ def test_a_connection_fetch_waits_off_the_event_loop(
 ) -> None:
     # Fetching a connection may refresh it at a slow provider; other requests go on meanwhile.
     threads: dict[str, str] = {}
+    resolve = token_exchange.resolve_target
 
-    def issue(context: Any, form: Any, targets: list[str], authorization: Any) -> dict[str, Any]:
-        threads[targets[0]] = threading.current_thread().name
+    def resolve_target(revision: Any, targets: Any) -> Any:
+        threads["loop"] = threading.current_thread().name
+        return resolve(revision, targets)
+
+    def fetch_connection(*_: Any) -> dict[str, Any]:
+        threads["fetch"] = threading.current_thread().name
         return {"access_token": "x", "token_type": "Bearer"}
 
-    monkeypatch.setattr(fleetid.server.app, "_issue", issue)
-    for resource in (CRM, "urn:fleetid:connection:calendar"):
-        form = {"grant_type": TOKEN_EXCHANGE, "resource": resource}
-        assert server.token(form, agent=SALES).status_code == 200
+    monkeypatch.setattr(token_exchange, "resolve_target", resolve_target)
+    monkeypatch.setattr(token_exchange, "fetch_connection", fetch_connection)
+    signed_in = server.tokens_for(SALES, "alice", scope="openid")["access_token"]
 
-    loop_thread = threading.current_thread().name
-    assert threads[CRM] == loop_thread
-    assert threads["urn:fleetid:connection:calendar"] != loop_thread
+    response = server.exchange(SALES, signed_in, "urn:fleetid:connection:google-calendar")
+
+    assert response.status_code == 200, response.text
+    assert threads["fetch"] != threads["loop"]
+
+
+def test_a_stored_challenge_that_is_not_base64url_fails_the_code_not_the_server(
+    server: Server,
+) -> None:
+    # The authorization endpoint accepts only base64url challenges; a code stored by an
+    # older server, or a damaged record, must still be refused with an OAuth error.
+    authorization = server.authorize(SALES, "bob", scope="openid crm:read", resources=[CRM])
+    store, key = server.context.store, digest(authorization.code)
+    record = store.get(CODE_NAMESPACE, key)
+    assert record is not None
+    damaged = {**record.value, "code_challenge": "é" * 43}
+    assert store.replace(
+        CODE_NAMESPACE, key, damaged, version=record.version, expires_at=record.expires_at
+    )
+
+    response = server.redeem(authorization)
+
+    assert response.status_code == 400
+    assert oauth_error(response) == "invalid_grant"

@@ -30,7 +30,7 @@ def s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashed).rstrip(b"=").decode("ascii")
 
 
-def authorization_code(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
+async def authorization_code(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
     revision, client, form, targets, now = (
         request.revision,
         request.client,
@@ -67,11 +67,14 @@ def authorization_code(context: ServerContext, request: TokenRequest) -> dict[st
     if value["redirect_uri"] != redirect_uri:
         raise InvalidGrant("redirect_uri differs from the one in the authorization request")
     # RFC 7636 §4.6: the server compares the transformed verifier with the challenge.
-    if not hmac.compare_digest(s256(verifier), str(value["code_challenge"])):
+    # Compared as bytes: a challenge is base64url, but one stored before that was checked
+    # could hold other characters, which compare_digest refuses to compare as text.
+    challenge = str(value["code_challenge"]).encode("utf-8")
+    if not hmac.compare_digest(s256(verifier).encode("ascii"), challenge):
         raise InvalidGrant("the code_verifier does not match the code_challenge")
 
     grant = require_grant(context, str(value["grant"]))
-    return respond_for_grant(
+    return await respond_for_grant(
         context,
         revision,
         grant=grant,

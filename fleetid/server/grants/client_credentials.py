@@ -24,7 +24,7 @@ def default_resource(revision: Revision, agent: str) -> str:
     return listed[0]
 
 
-def client_credentials(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
+async def client_credentials(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
     revision, client, form, targets, now = (
         request.revision,
         request.client,
@@ -46,7 +46,7 @@ def client_credentials(context: ServerContext, request: TokenRequest) -> dict[st
         # here, everything the agent may ever request on that resource.
         scopes = tuple(sorted(revision.agent_scopes.get((client.client_id, resource), ())))
 
-    issued = issue_for_resource(
+    issued = await issue_for_resource(
         context,
         revision,
         grant_type=GRANT_TYPE,

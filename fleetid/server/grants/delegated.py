@@ -47,7 +47,7 @@ def _target(
     return target
 
 
-def respond_for_grant(
+async def respond_for_grant(
     context: ServerContext,
     revision: Revision,
     *,
@@ -65,7 +65,7 @@ def respond_for_grant(
     if target.resource is not None:
         consent = grant.consent[target.resource]
         scopes = tuple(scope for scope in requested if scope not in grant.oidc_scopes)
-        issued = issue_for_resource(
+        issued = await issue_for_resource(
             context,
             revision,
             grant_type=grant_type,
@@ -79,7 +79,7 @@ def respond_for_grant(
         )
         token, lifetime, scope = issued.token, issued.decision.lifetime, issued.decision.granted
     else:
-        token, lifetime, scope = _sign_in_token(context, revision, grant, requested, now)
+        token, lifetime, scope = await _sign_in_token(context, revision, grant, requested, now)
 
     response: dict[str, Any] = {
         "access_token": token,
@@ -89,11 +89,11 @@ def respond_for_grant(
         "refresh_token": _new_refresh_token(context, grant, target.resource),
     }
     if "openid" in grant.oidc_scopes:
-        response["id_token"] = _id_token(context, revision, grant, now, nonce)
+        response["id_token"] = await _id_token(context, revision, grant, now, nonce)
     return response
 
 
-def _sign_in_token(
+async def _sign_in_token(
     context: ServerContext, revision: Revision, grant: Grant, requested: tuple[str, ...], now: int
 ) -> tuple[str, int, tuple[str, ...]]:
     """A token addressed to the agent itself: who signed in, and nothing to spend on a
@@ -116,7 +116,7 @@ def _sign_in_token(
         tenant=grant.tenant,
         grant=grant.id,
     )
-    token = context.tokens.sign(claims)
+    token = await context.tokens.sign(claims)
     context.audit.record(
         audit_event(
             time=context.clock(),
@@ -140,7 +140,7 @@ def _new_refresh_token(context: ServerContext, grant: Grant, resource: str | Non
     return token
 
 
-def _id_token(
+async def _id_token(
     context: ServerContext, revision: Revision, grant: Grant, now: int, nonce: str | None
 ) -> str:
     claims: dict[str, Any] = {
@@ -159,4 +159,4 @@ def _id_token(
         claims["name"] = grant.name
     if "email" in grant.oidc_scopes and grant.email:
         claims["email"] = grant.email
-    return context.tokens.sign(claims, typ="JWT")
+    return await context.tokens.sign(claims, typ="JWT")

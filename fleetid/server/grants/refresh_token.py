@@ -17,7 +17,7 @@ __all__ = ["GRANT_TYPE", "refresh_token"]
 GRANT_TYPE = "refresh_token"
 
 
-def refresh_token(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
+async def refresh_token(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
     revision, client, form, targets, now = (
         request.revision,
         request.client,
@@ -44,7 +44,7 @@ def refresh_token(context: ServerContext, request: TokenRequest) -> dict[str, An
     grant = require_grant(context, grant_id)
     # Decided and issued first: a refused request (a scope the person never granted, a
     # policy change) leaves the refresh token as it was.
-    response = respond_for_grant(
+    response = await respond_for_grant(
         context,
         revision,
         grant=grant,

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from fleetid.server.audit import audit_event
 from fleetid.server.connections import fetch_connection
 from fleetid.server.context import ServerContext
@@ -32,7 +34,7 @@ JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 _SUBJECT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE})
 
 
-def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
+async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
     revision, client, form, targets, now = (
         request.revision,
         request.client,
@@ -64,16 +66,20 @@ def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, A
     act = _actor_chain(subject, client.client_id)
 
     if target.agent is not None:
-        return _for_agent(context, request, subject, target, act)
+        return await _for_agent(context, request, subject, target, act)
     if target.connection is not None:
-        return fetch_connection(context, request, presented, target.connection, act)
+        # A connection's credential may have to be refreshed at its provider, which can
+        # take seconds: that waits on a worker thread, not on the event loop.
+        return await run_in_threadpool(
+            fetch_connection, context, request, presented, target.connection, act
+        )
 
     assert target.resource is not None
     grant = presented.grant
     requested = tuple(form.get("scope", "").split())
     if grant is not None:
         consent = grant.consent.get(target.resource, ())
-        issued = issue_for_resource(
+        issued = await issue_for_resource(
             context,
             revision,
             grant_type=GRANT_TYPE,
@@ -87,7 +93,7 @@ def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, A
             now=now,
         )
     else:
-        issued = issue_for_resource(
+        issued = await issue_for_resource(
             context,
             revision,
             grant_type=GRANT_TYPE,
@@ -128,7 +134,7 @@ def _actor_chain(subject: VerifiedToken, agent: str) -> dict[str, Any] | None:
     return act
 
 
-def _for_agent(
+async def _for_agent(
     context: ServerContext,
     request: TokenRequest,
     subject: VerifiedToken,
@@ -157,7 +163,7 @@ def _for_agent(
         grant=grant if isinstance(grant, str) else None,
         act=act,
     )
-    token = context.tokens.sign(claims)
+    token = await context.tokens.sign(claims)
     context.audit.record(
         audit_event(
             time=context.clock(),

@@ -1,0 +1,158 @@
+"""RS256 signatures on native threads, awaited on the event loop that asked for them.
+
+An RSA-2048 signature costs a few hundred microseconds, most of the CPU an RS256 token
+takes. On the event loop's own thread it caps one server process at one core of tokens.
+Python threads do not lift that cap: OpenSSL computes without the GIL, but each thread must
+take the GIL back to return its signature, and on a loop that is never idle that hand-off
+costs more than the signature it moved. `fleetid.keys._signpool` (C, built with the
+package where a compiler and OpenSSL's headers are found) signs on POSIX threads that never
+enter the interpreter; this module connects its eventfd to the loop.
+
+Without the compiled module, or off the loop the threads were first used from, signatures
+are made in place, as `KeyCustody.sign` makes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from fleetid.keys.errors import KeyCustodyError
+
+__all__ = ["SigningThreads", "native_signing_available", "signing_threads_for_this_machine"]
+
+logger = logging.getLogger(__name__)
+
+
+class _NativePool(Protocol):
+    def submit(self, ticket: int, data: bytes, /) -> None: ...
+    def collect(self) -> list[tuple[int, bytes | None]]: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+_Pool: Callable[[bytes, int], _NativePool] | None
+try:
+    from fleetid.keys._signpool import Pool as _Pool
+except ImportError:  # built without a compiler: every signature is made in place
+    _Pool = None
+
+
+def native_signing_available() -> bool:
+    """Whether the compiled signing threads were built with this installation."""
+    return _Pool is not None
+
+
+def signing_threads_for_this_machine() -> int:
+    """One core stays with the event loop; the others sign, two at most.
+
+    The loop's share of an RS256 token (HTTP, policy, storage) is about as much CPU as the
+    signature, so more than two signing threads would wait for a loop that cannot keep up.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores - 1))
+
+
+class SigningThreads:
+    """Native threads that make one custody's RS256 signatures, key by key.
+
+    The first `sign` call binds them to its running loop. A key gets its threads when it
+    first signs; when another key signs (a rotation), the threads of the key before finish
+    what they hold and stop, so a retired private key is not kept in a second place.
+    """
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ValueError("signing threads must be at least 1")
+        self._threads = threads
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kid: str | None = None
+        self._pool: _NativePool | None = None
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._tickets = itertools.count()
+
+    def usable(self) -> bool:
+        """Whether a signature asked for now would be made on the threads."""
+        if _Pool is None:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return self._loop is None or (self._loop is loop and not loop.is_closed())
+
+    async def sign(self, kid: str, key: rsa.RSAPrivateKey, signing_input: bytes) -> bytes:
+        """The RS256 signature of `signing_input` by `key`, whose key id is `kid`.
+
+        The caller checks `usable()` first; this raises `RuntimeError` when the threads
+        belong to another loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("these signing threads answer another event loop")
+
+        pool = self._pool if self._pool is not None and self._kid == kid else None
+        if pool is None:
+            pool = self._start(kid, key)
+        ticket = next(self._tickets)
+        waiting: asyncio.Future[bytes] = loop.create_future()
+        self._waiting[ticket] = waiting
+        pool.submit(ticket, signing_input)
+        return await waiting
+
+    def close(self) -> None:
+        """Finish the signatures in flight and stop the threads."""
+        self._stop()
+
+    def _start(self, kid: str, key: rsa.RSAPrivateKey) -> _NativePool:
+        assert _Pool is not None and self._loop is not None
+        self._stop()
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        pool: _NativePool = _Pool(der, self._threads)
+        self._loop.add_reader(pool.fileno(), self._collect)
+        self._pool, self._kid = pool, kid
+        logger.info("key %s signs on %d native thread(s)", kid, self._threads)
+        return pool
+
+    def _stop(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        self._pool, self._kid = None, None
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(pool.fileno())
+        # close() waits for the queued signatures, so the collect after it answers them all.
+        pool.close()
+        self._answer(pool)
+
+    def _collect(self) -> None:
+        if self._pool is not None:
+            self._answer(self._pool)
+
+    def _answer(self, pool: _NativePool) -> None:
+        for ticket, signature in pool.collect():
+            waiting = self._waiting.pop(ticket, None)
+            if waiting is None or waiting.done():
+                # Its request was cancelled (the client left); the signature goes unused.
+                continue
+            if signature is None:
+                waiting.set_exception(KeyCustodyError("OpenSSL failed to make an RS256 signature"))
+            else:
+                waiting.set_result(signature)

@@ -1,0 +1,246 @@
+"""RS256 signatures made on native threads: the compiled pool, and a custody using it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from fleetid.keys import Algorithm, KeyCustody, LocalKeyFile, encode_jwt_async
+from fleetid.keys.errors import KeyCustodyError
+from fleetid.keys.offload import SigningThreads, native_signing_available
+from fleetid.server.tokens import TokenService
+
+AUDIENCE = "https://api.example.test/invoices"
+
+
+def _der(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _threads_of_this_process() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _verifies(key: rsa.RSAPrivateKey, data: bytes, signature: bytes) -> bool:
+    try:
+        key.public_key().verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_the_compiled_pool_is_built_with_the_package() -> None:
+    # The install compiles it wherever a C compiler and OpenSSL's headers exist, as here;
+    # without it `fleetid serve` would quietly sign RS256 on the event loop's thread.
+    assert native_signing_available()
+
+
+def test_every_submitted_input_comes_back_signed_under_its_ticket(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    from fleetid.keys._signpool import Pool
+
+    pool = Pool(_der(rsa_key), 2)
+    inputs = {ticket: os.urandom(ticket % 300 + 1) for ticket in range(200)}
+    for ticket, data in inputs.items():
+        pool.submit(ticket, data)
+    # close() lets the threads sign everything queued before they stop.
+    pool.close()
+
+    results = dict(pool.collect())
+
+    assert results.keys() == inputs.keys()
+    assert all(_verifies(rsa_key, inputs[t], signature) for t, signature in results.items())
+    assert pool.collect() == []
+
+
+def test_the_pool_refuses_what_it_cannot_sign_with(rsa_key: rsa.RSAPrivateKey) -> None:
+    from fleetid.keys._signpool import Pool
+
+    with pytest.raises(ValueError, match="not a DER-encoded private key"):
+        Pool(b"not a key", 1)
+    with pytest.raises(ValueError, match="must be an RSA private key"):
+        Pool(_der(ec.generate_private_key(ec.SECP256R1())), 1)
+    with pytest.raises(ValueError, match="threads must be between 1 and 64"):
+        Pool(_der(rsa_key), 0)
+
+    pool = Pool(_der(rsa_key), 1)
+    pool.close()
+    with pytest.raises(ValueError, match="closed"):
+        pool.submit(1, b"late")
+
+
+def test_the_threads_stop_when_the_pool_is_closed(rsa_key: rsa.RSAPrivateKey) -> None:
+    from fleetid.keys._signpool import Pool
+
+    before = _threads_of_this_process()
+    pool = Pool(_der(rsa_key), 3)
+    assert _threads_of_this_process() == before + 3
+
+    pool.close()
+
+    assert _threads_of_this_process() == before
+
+
+def test_signing_threads_answer_each_waiter_on_the_loop(rsa_key: rsa.RSAPrivateKey) -> None:
+    threads = SigningThreads(2)
+
+    async def sign_many() -> list[tuple[bytes, bytes]]:
+        inputs = [os.urandom(64) for _ in range(100)]
+        signatures = await asyncio.gather(*(threads.sign("k1", rsa_key, i) for i in inputs))
+        return list(zip(inputs, signatures, strict=True))
+
+    signed = asyncio.run(sign_many())
+    threads.close()
+
+    assert all(_verifies(rsa_key, data, signature) for data, signature in signed)
+
+
+def test_a_new_key_stops_the_threads_of_the_key_before(rsa_key: rsa.RSAPrivateKey) -> None:
+    newer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    threads = SigningThreads(1)
+    before = _threads_of_this_process()
+
+    async def rotate_while_signing() -> tuple[list[bytes], bytes, int]:
+        in_flight = [asyncio.ensure_future(threads.sign("old", rsa_key, b"x")) for _ in range(20)]
+        await asyncio.sleep(0)
+        signature = await threads.sign("new", newer, b"after rotation")
+        return await asyncio.gather(*in_flight), signature, _threads_of_this_process()
+
+    old_signatures, new_signature, during = asyncio.run(rotate_while_signing())
+
+    # The old key's threads finished what they held before stopping: nothing is left waiting.
+    assert all(_verifies(rsa_key, b"x", signature) for signature in old_signatures)
+    assert _verifies(newer, b"after rotation", new_signature)
+    assert during == before + 1
+    threads.close()
+    assert _threads_of_this_process() == before
+
+
+def test_a_cancelled_waiter_does_not_disturb_the_others(rsa_key: rsa.RSAPrivateKey) -> None:
+    threads = SigningThreads(1)
+
+    async def cancel_one() -> bytes:
+        doomed = asyncio.ensure_future(threads.sign("k1", rsa_key, b"cancelled"))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        return await threads.sign("k1", rsa_key, b"kept")
+
+    assert _verifies(rsa_key, b"kept", asyncio.run(cancel_one()))
+    threads.close()
+
+
+def test_threads_first_used_on_one_loop_refuse_another(rsa_key: rsa.RSAPrivateKey) -> None:
+    threads = SigningThreads(1)
+
+    async def usable_then_sign() -> bool:
+        usable = threads.usable()
+        await threads.sign("k1", rsa_key, b"first loop")
+        return usable
+
+    assert asyncio.run(usable_then_sign())
+
+    async def on_another_loop() -> None:
+        assert not threads.usable()
+        await threads.sign("k1", rsa_key, b"second loop")
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(on_another_loop())
+    threads.close()
+
+
+def test_a_local_key_file_signs_rs256_on_its_threads(tmp_path: Path) -> None:
+    custody = LocalKeyFile(tmp_path / "keys.json", algorithm="RS256")
+    custody.sign_on_threads(1)
+    before = _threads_of_this_process()
+    claims = {"iss": "https://id.example.test", "aud": AUDIENCE, "sub": "agent", "exp": 2**40}
+
+    async def sign_concurrently() -> tuple[list[str], int]:
+        tokens = await asyncio.gather(*(encode_jwt_async(custody, claims) for _ in range(50)))
+        return tokens, _threads_of_this_process()
+
+    tokens, during = asyncio.run(sign_concurrently())
+
+    assert during == before + 1
+    keys = jwt.PyJWKSet.from_dict(dict(custody.jwks()))
+    for token in tokens:
+        kid = jwt.get_unverified_header(token)["kid"]
+        key = next(k for k in keys.keys if k.key_id == kid)
+        assert (
+            jwt.decode(token, key.key, algorithms=["RS256"], audience=AUDIENCE)["sub"] == "agent"
+        )
+
+
+def test_es256_and_signing_off_any_loop_stay_in_place(tmp_path: Path) -> None:
+    es256 = LocalKeyFile(tmp_path / "es.json", algorithm="ES256")
+    es256.sign_on_threads(1)
+    rs256 = LocalKeyFile(tmp_path / "rs.json", algorithm="RS256")
+    rs256.sign_on_threads(1)
+    before = _threads_of_this_process()
+
+    async def es256_signature() -> int:
+        await es256.sign_async(b"header.payload")
+        return _threads_of_this_process()
+
+    assert asyncio.run(es256_signature()) == before
+    # The synchronous contract is untouched: no loop, no threads.
+    assert len(rs256.sign(b"header.payload").value) == 256
+    assert _threads_of_this_process() == before
+
+
+def test_a_failed_signature_is_a_custody_error(rsa_key: rsa.RSAPrivateKey) -> None:
+    threads = SigningThreads(1)
+
+    async def answer_with_failure() -> None:
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[bytes] = loop.create_future()
+        threads._waiting[7] = waiting
+
+        class FailedPool:
+            def collect(self) -> list[tuple[int, bytes | None]]:
+                return [(7, None)]
+
+        threads._answer(FailedPool())  # type: ignore[arg-type]
+        await waiting
+
+    with pytest.raises(KeyCustodyError, match="failed to make an RS256 signature"):
+        asyncio.run(answer_with_failure())
+
+
+def test_the_token_service_gives_threads_to_custodies_present_and_to_come(
+    tmp_path: Path,
+) -> None:
+    def custody_for(algorithm: Algorithm) -> KeyCustody:
+        return LocalKeyFile(tmp_path / f"keys-{algorithm}.json", algorithm=algorithm)
+
+    # The default custody exists before threads are asked for; an RS256 one made later
+    # for a resource's own key gets them as well.
+    tokens = TokenService("https://id.example.test", custody_for, default_algorithm="ES256")
+    tokens.sign_on_threads(1)
+    before = _threads_of_this_process()
+    claims = {"sub": "agent", "aud": AUDIENCE, "exp": 2**40}
+
+    async def sign_both() -> tuple[int, int]:
+        await tokens.sign(claims)
+        after_es256 = _threads_of_this_process()
+        await tokens.sign(claims, algorithm="RS256")
+        return after_es256, _threads_of_this_process()
+
+    after_es256, after_rs256 = asyncio.run(sign_both())
+
+    assert (after_es256, after_rs256) == (before, before + 1)
