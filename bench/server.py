@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             redirect_uri="https://sales.acme.example.com/oauth/callback",
             scopes=["crm:read"],
         )
-        subject = str(signed_in["access_token"])
+        subject = str(signed_in.token["access_token"])
         loads = {
             "fleetid client_credentials RS256": (
                 machine,

@@ -1,15 +1,22 @@
 """The `fleetid` command line.
 
 Exit codes: 0 success; 2 the input is invalid (the problems are on stderr); 3 `diff
---fail-on widens` found a widening; 4 `verify` rejected the token; 1 anything else,
-reported in one line. No input makes it print a traceback: every known failure is a domain
-error with a message, and the last resort in `main` names the error's type only, since its
-text could carry a secret.
+--fail-on widens` found a widening; 4 a refusal: `verify` rejected the token, or `login`
+was not granted a scope asked for with `--scope`; 1 anything else, reported in one line:
+the operation could not be done, such as a server that cannot be reached, a port already
+in use or a damaged state file, and so also `verify` when it could not check the token.
+No input makes it print a traceback: every known failure is a domain error with a message,
+and the last resort in `main` names the error's type only, since its text could carry a
+secret.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,19 +30,25 @@ import click
 from fleetid.fleet.compile import Revision, compile_sources
 from fleetid.fleet.diff import diff_json, diff_revisions, render_markdown, render_text
 from fleetid.fleet.load import FleetInvalid, FleetSources, git_sources, read_sources
-from fleetid.fleet.model import parse_duration
+from fleetid.fleet.model import DevUser, parse_duration
 from fleetid.fleet.source import Problem
 from fleetid.policy.decide import AccessRequest, Subject, decide
 from fleetid.policy.explain import decision_json, explain_text
 
 if TYPE_CHECKING:
+    import httpx
+
+    from fleetid.keys import Algorithm, KeyCustodyError, LocalKeyFile
     from fleetid.server.clients import LocalClientSecrets
+    from fleetid.server.local import LocalState
 
 __all__ = ["main"]
 
 EXIT_INVALID = 2
 EXIT_WIDENS = 3
 EXIT_REJECTED = 4
+# What `fleetid serve` records in its state folder: the fleet file it serves.
+SERVED_FLEET = "serve.json"
 
 
 class _Failed(Exception):
@@ -146,10 +159,7 @@ def _subject(
     if user is not None and tenant is not None:
         raise _Failed("give --user or --tenant with --groups, not both", EXIT_INVALID)
     if user is not None:
-        dev_user = revision.fleet.dev_users.get(user)
-        if dev_user is None:
-            known = ", ".join(sorted(revision.fleet.dev_users)) or "none"
-            raise _Failed(f"no dev user {user!r} in the fleet (known: {known})", EXIT_INVALID)
+        dev_user = _dev_user(revision, user)
         return Subject(user, dev_user.tenant, tuple(dev_user.groups))
     if tenant is not None:
         names = tuple(group.strip() for group in groups.split(",") if group.strip())
@@ -157,6 +167,14 @@ def _subject(
     if groups:
         raise _Failed("--groups needs --tenant", EXIT_INVALID)
     return None
+
+
+def _dev_user(revision: Revision, user: str) -> DevUser:
+    dev_user = revision.fleet.dev_users.get(user)
+    if dev_user is None:
+        known = ", ".join(sorted(revision.fleet.dev_users)) or "none"
+        raise _Failed(f"no dev user {user!r} in the fleet (known: {known})", EXIT_INVALID)
+    return dev_user
 
 
 @cli.command()
@@ -260,6 +278,189 @@ _SERVER = click.option(
     show_default=True,
     help="the running fleetid server",
 )
+_SERVED_FLEET = click.option(
+    "--fleet",
+    help="the fleet file; default: the one `fleetid serve` last served from --state, "
+    "else fleet.yaml",
+)
+
+
+def _os_reason(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
+def _state_folder(state: str) -> Path:
+    """The state folder of a server that has started at least once."""
+    folder = Path(state)
+    if not folder.exists():
+        raise _Failed(f"no state folder {state}; start `fleetid serve` once first")
+    if not folder.is_dir():
+        raise _Failed(f"{state} is not a state folder: it is a file")
+    return folder
+
+
+def _served_fleet(state: str, fleet: str | None) -> str:
+    """`--fleet` when given, else the fleet `fleetid serve` recorded in the state folder."""
+    if fleet is not None:
+        return fleet
+    try:
+        recorded = json.loads((Path(state) / SERVED_FLEET).read_text())
+    except (OSError, ValueError):
+        return "fleet.yaml"
+    served = recorded.get("fleet") if isinstance(recorded, dict) else None
+    return served if isinstance(served, str) else "fleet.yaml"
+
+
+def _record_served_fleet(state: LocalState, fleet: str) -> None:
+    path = state.folder / SERVED_FLEET
+    temporary = path.with_name(f".{path.name}.tmp")
+    text = json.dumps({"fleet": str(Path(fleet).resolve())}) + "\n"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise _Failed(f"cannot write {path}: {_os_reason(exc)}") from exc
+
+
+def _create_state_folder(state: LocalState) -> None:
+    from fleetid.server.local import LocalStateError
+
+    folder = state.folder
+    try:
+        state.create()
+    except LocalStateError as exc:
+        raise _Failed(str(exc)) from exc
+    except FileExistsError as exc:
+        raise _Failed(f"cannot use {folder} as the state folder: it is not a folder") from exc
+    except NotADirectoryError as exc:
+        blocking = next(
+            (parent for parent in folder.parents if parent.exists() and not parent.is_dir()),
+            None,
+        )
+        reason = f"{blocking} is a file" if blocking is not None else _os_reason(exc)
+        raise _Failed(f"cannot create the state folder {folder}: {reason}") from exc
+    except OSError as exc:
+        raise _Failed(f"cannot create the state folder {folder}: {_os_reason(exc)}") from exc
+
+
+def _read_client_secrets(path: Path) -> LocalClientSecrets:
+    # Imported here: the server's modules pull in boto3, which `validate` does not need.
+    from fleetid.server.clients import LocalClientSecrets
+
+    # The file holds secrets: messages say where it is broken, never what it holds.
+    try:
+        return LocalClientSecrets(path)
+    except UnicodeDecodeError as exc:
+        raise _Failed(f"the client secrets file {path} is not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise _Failed(
+            f"the client secrets file {path} is not JSON "
+            f"({exc.msg}: line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    except ValueError as exc:
+        raise _Failed(f"the client secrets file {path} is not a JSON object") from exc
+    except OSError as exc:
+        raise _Failed(f"cannot read the client secrets file {path}: {_os_reason(exc)}") from exc
+
+
+def _local_secrets(state: str) -> LocalClientSecrets:
+    path = _state_folder(state) / "clients.json"
+    if not path.exists():
+        raise _Failed(f"no client secrets in {state}; start `fleetid serve` once first")
+    return _read_client_secrets(path)
+
+
+def _fleet_rings(state: LocalState, revision: Revision) -> list[tuple[Algorithm, Path]]:
+    """Each key ring the fleet's tokens are signed with, the default algorithm's first, and
+    the file the server keeps it in."""
+    from fleetid.keys import KeyCustodyError
+    from fleetid.server.tokens import signing_algorithms
+
+    default = revision.fleet.identity.signing.algorithm
+    others = sorted(signing_algorithms(revision) - {default})
+    try:
+        # Which file holds which ring depends on what keys.json holds, so it is read here.
+        return [
+            (algorithm, state.key_ring(algorithm, default=default))
+            for algorithm in (default, *others)
+        ]
+    except (KeyCustodyError, OSError) as exc:
+        raise _Failed(_ring_problem(state.keys, exc)) from exc
+
+
+def _ring_problem(path: Path, exc: KeyCustodyError | OSError) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read the key ring {path}: {_os_reason(exc)}"
+    message = str(exc)
+    return message if str(path) in message else f"key ring {path}: {message}"
+
+
+def _load_ring(path: Path, algorithm: Algorithm) -> LocalKeyFile:
+    """The key ring stored at `path`, loaded, or a failure naming the file."""
+    from fleetid.keys import KeyCustodyError, LocalKeyFile
+
+    custody = LocalKeyFile(path, algorithm=algorithm)
+    try:
+        _, signing = custody.active_key()
+    except (KeyCustodyError, OSError) as exc:
+        raise _Failed(_ring_problem(path, exc)) from exc
+    if signing != algorithm:
+        raise _Failed(f"key ring {path} signs with {signing}, not {algorithm}")
+    return custody
+
+
+def _check_state(state: LocalState, revision: Revision) -> None:
+    """Create the state folder and read what is already in it, so that a damaged file is
+    reported by name before the server starts; missing files are made by `open_local`."""
+    _create_state_folder(state)
+    if state.clients.exists():
+        _read_client_secrets(state.clients)
+    for algorithm, path in _fleet_rings(state, revision):
+        if path.exists():
+            _load_ring(path, algorithm)
+
+
+def _state_problem(state: LocalState, exc: Exception) -> str:
+    """What failed while the state was opened, naming the file where it can be told."""
+    from fleetid.store import StoreError
+
+    if isinstance(exc, StoreError):
+        # SQLite's own words ("file is not a database") name no record, only the fault.
+        cause = exc.__cause__
+        detail = str(cause) if isinstance(cause, sqlite3.Error) else str(exc)
+        return f"cannot open the store {state.store}: {detail}"
+    if isinstance(exc, OSError):
+        return f"cannot use {exc.filename or state.folder}: {_os_reason(exc)}"
+    message = str(exc)
+    return message if str(state.folder) in message else f"state folder {state.folder}: {message}"
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_listening(host: str, port: int) -> None:
+    """Fail now, before anything is printed, where uvicorn would fail to listen."""
+    where = _address(host, port)
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise _Failed(f"cannot listen on {where}: {_os_reason(exc)}") from exc
+    for family, kind, protocol, _, address in dict.fromkeys(addresses):
+        try:
+            with socket.socket(family, kind, protocol) as probe:
+                # As asyncio binds for uvicorn: the address reusable, IPv6 for IPv6 only.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+        except OSError as exc:
+            raise _Failed(f"cannot listen on {where}: {_os_reason(exc)}") from exc
 
 
 @cli.command()
@@ -269,20 +470,40 @@ _SERVER = click.option(
 @_STATE
 @click.option("--issuer", help="the issuer URL, when the server sits behind a proxy")
 def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> None:
-    """Run the identity server on this machine, with embedded state."""
+    """Run the identity server on this machine, with embedded state.
+
+    Exits 2 when the fleet or an option is invalid, and 1 when it cannot start: a state
+    file it cannot use, or an address it cannot listen on.
+    """
+    from fleetid.keys import KeyCustodyError
+    from fleetid.keys.offload import signing_threads_for_this_machine
     from fleetid.server.app import create_app
     from fleetid.server.clients import LocalClientSecrets
-    from fleetid.server.local import LocalState, RevisionWatcher, open_local
+    from fleetid.server.local import LocalState, LocalStateError, RevisionWatcher, open_local
     from fleetid.server.logs import configure_server_logging
     from fleetid.server.serving import serve as run_server
+    from fleetid.store import StoreError
+    from fleetid.vault import VaultError
 
+    if port == 0:
+        # The issuer and discovery URLs carry the port: clients could not find a random one.
+        raise _Failed("--port 0 is not supported: the issuer URL must name the port", EXIT_INVALID)
+    _check_listening(host, port)
     configure_server_logging()
     base = issuer or f"http://{host}:{port}"
+    local = LocalState(Path(state))
+    _check_state(local, _compile(fleet))
     try:
-        context = open_local(fleet, LocalState(Path(state)), base)
+        context = open_local(fleet, local, base)
     except FleetInvalid as invalid:
         _report(invalid.problems, "text")
         raise _Failed("", EXIT_INVALID) from invalid
+    except (StoreError, KeyCustodyError, VaultError, LocalStateError, OSError) as exc:
+        raise _Failed(_state_problem(local, exc)) from exc
+    _record_served_fleet(local, fleet)
+    # The one process's event loop keeps a core for HTTP and policy; RS256 signatures, most
+    # of a token's CPU, go to native threads on the others.
+    context.tokens.sign_on_threads(signing_threads_for_this_machine())
     secrets = context.secrets
     assert isinstance(secrets, LocalClientSecrets)
 
@@ -290,7 +511,7 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
         for agent in secrets.ensure(sorted(revision.fleet.agents)):
             click.echo(f"new agent {agent}: client_id {agent}")
 
-    watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=LocalState(Path(state)))
+    watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=local)
     revision = context.live.get()
     click.echo(f"fleetid: revision {revision.short} of {revision.fleet.identity.name}")
     click.echo(f"discovery: {context.issuer}/.well-known/openid-configuration")
@@ -300,29 +521,30 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     watcher.start()
     try:
         run_server(create_app(context), host, port)
+    except SystemExit as stopped:
+        # uvicorn exits 3 when it cannot start, which here would read as "diff widens".
+        if stopped.code in (None, 0):
+            raise
+        raise _Failed(f"the server did not start on {_address(host, port)}") from None
     finally:
         watcher.stop()
-
-
-def _local_secrets(state: str) -> LocalClientSecrets:
-    # Imported here: the server's modules pull in boto3, which `validate` does not need.
-    from fleetid.server.clients import LocalClientSecrets
-
-    path = Path(state) / "clients.json"
-    if not path.is_file():
-        raise _Failed(f"no client secrets in {state}; start `fleetid serve` once first")
-    try:
-        return LocalClientSecrets(path)
-    except (OSError, ValueError) as exc:
-        raise _Failed(f"cannot read {path}: {type(exc).__name__}") from exc
 
 
 @cli.command()
 @click.argument("agent")
 @_STATE
-def credentials(agent: str, state: str) -> None:
-    """Print AGENT's local client_id and client_secret as JSON."""
-    secret = _local_secrets(state).secret(agent)
+@_SERVED_FLEET
+def credentials(agent: str, state: str, fleet: str | None) -> None:
+    """Print AGENT's local client_id and client_secret as JSON.
+
+    AGENT must be in the fleet: the server accepts no credentials of an agent removed
+    from it.
+    """
+    secrets = _local_secrets(state)
+    served = _served_fleet(state, fleet)
+    if agent not in _compile(served).fleet.agents:
+        raise _Failed(f"no agent {agent!r} in {served}", EXIT_INVALID)
+    secret = secrets.secret(agent)
     if secret is None:
         raise _Failed(f"no credentials for agent {agent!r} in {state}", EXIT_INVALID)
     click.echo(json.dumps({"client_id": agent, "client_secret": secret}, indent=2))
@@ -334,7 +556,7 @@ def credentials(agent: str, state: str) -> None:
 @click.option("--resource", "resources", multiple=True, help="a resource identifier URL")
 @click.option("--scope", "scopes", multiple=True, help="a scope to ask for; repeat for more")
 @click.option("--redirect-uri", help="default: the agent's first redirect URI")
-@_FLEET
+@_SERVED_FLEET
 @_STATE
 @_SERVER
 def login(
@@ -343,20 +565,28 @@ def login(
     resources: tuple[str, ...],
     scopes: tuple[str, ...],
     redirect_uri: str | None,
-    fleet: str,
+    fleet: str | None,
     state: str,
     server: str,
 ) -> None:
-    """Sign USER in to AGENT through the real code + PKCE flow; print the token response."""
+    """Sign USER in to AGENT through the real code + PKCE flow; print the token response.
+
+    Without --scope it asks for every scope the agent lists. Scopes not granted are named
+    on stderr with the server's reasons. Exits 4 when a scope given with --scope was not
+    granted (the token response is printed all the same), 2 on bad input, and 1 when the
+    flow fails, with what the server said.
+    """
     from fleetid.login import LoginFailed
     from fleetid.login import login as run_login
 
+    fleet = _served_fleet(state, fleet)
     revision = _compile(fleet)
     definition = revision.fleet.agents.get(agent)
     if definition is None:
         raise _Failed(f"no agent {agent!r} in {fleet}", EXIT_INVALID)
     if not definition.redirect_uris and redirect_uri is None:
         raise _Failed(f"agent {agent!r} has no redirect URI, so no one can sign in to it")
+    _dev_user(revision, user)
     secret = _local_secrets(state).secret(agent)
     if secret is None:
         raise _Failed(f"no credentials for agent {agent!r} in {state}")
@@ -364,7 +594,7 @@ def login(
     if not requested:
         requested = sorted({scope for listed in definition.scopes.values() for scope in listed})
     try:
-        response = run_login(
+        signed_in = run_login(
             server,
             client_id=agent,
             client_secret=secret,
@@ -375,7 +605,57 @@ def login(
         )
     except LoginFailed as failed:
         raise _Failed(f"login failed: {failed}") from failed
-    click.echo(json.dumps(response, indent=2))
+    click.echo(json.dumps(signed_in.token, indent=2))
+    left_out = signed_in.not_granted(requested)
+    if not left_out:
+        return
+    named = "; ".join(f"{scope} ({reason})" for scope, reason in left_out.items())
+    if scopes:
+        raise _Failed(f"not granted: {named}", EXIT_REJECTED)
+    click.echo(f"fleetid: not granted: {named}", err=True)
+
+
+def _fetch_document(http: httpx.Client, url: str, what: str) -> dict[str, Any]:
+    import httpx
+
+    from fleetid.login import server_reason, transport_problem
+
+    try:
+        response = http.get(url)
+    except httpx.HTTPError as exc:
+        raise _Failed(f"cannot check the token: cannot reach {transport_problem(exc)}") from exc
+    if response.status_code != 200:
+        reason = server_reason(response)
+        said = f": {reason}" if reason else ""
+        raise _Failed(
+            f"cannot check the token: the {what} {url} answered {response.status_code}{said}"
+        )
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise _Failed(f"cannot check the token: the {what} {url} is not a JSON object")
+    return document
+
+
+def _authorizer_documents(discovery_url: str) -> dict[str, dict[str, Any]]:
+    """The discovery document and JWKS the authorizer reads, by URL, or a failure to read
+    them that names the URL."""
+    import httpx
+    import jwt
+
+    with httpx.Client(timeout=10) as http:
+        discovery = _fetch_document(http, discovery_url, "discovery document")
+        jwks_uri = discovery.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise _Failed(f"cannot check the token: {discovery_url} names no jwks_uri")
+        jwks = _fetch_document(http, jwks_uri, "JWKS")
+    try:
+        jwt.PyJWKSet.from_dict(jwks)
+    except jwt.PyJWTError as exc:
+        raise _Failed(f"cannot check the token: the JWKS {jwks_uri} holds no usable key") from exc
+    return {str(httpx.URL(discovery_url)): discovery, str(httpx.URL(jwks_uri)): jwks}
 
 
 @cli.command()
@@ -384,13 +664,29 @@ def login(
 @_FLEET
 @_SERVER
 def verify(token: str, agent: str, fleet: str, server: str) -> None:
-    """Accept or reject TOKEN as AgentCore's inbound JWT authorizer for AGENT would."""
+    """Accept or reject TOKEN as AgentCore's inbound JWT authorizer for AGENT would.
+
+    Exits 0 when the token is accepted, 4 when it is rejected, 1 when it could not be
+    checked (the discovery document or JWKS could not be read), 2 on bad input.
+    """
+    import httpx
+
     from fleetid.authorizer import check_token, inbound_authorizer
 
     revision = _compile(fleet)
     if agent not in revision.fleet.agents:
         raise _Failed(f"no agent {agent!r} in {fleet}", EXIT_INVALID)
-    verdict = check_token(token, inbound_authorizer(revision, agent, server))
+    config = inbound_authorizer(revision, agent, server)
+    documents = _authorizer_documents(config.discovery_url)
+
+    # `check_token` reads both documents itself and calls a failure to read them a
+    # rejection; answering from what was just read keeps "rejected" apart from "unchecked".
+    def answer(request: httpx.Request) -> httpx.Response:
+        document = documents.get(str(request.url))
+        return httpx.Response(404) if document is None else httpx.Response(200, json=document)
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as replay:
+        verdict = check_token(token, config, client=replay)
     if not verdict.accepted:
         raise _Failed(f"rejected: {verdict.reason}", EXIT_REJECTED)
     click.echo(f"accepted: {verdict.claims.get('sub')} via {verdict.claims.get('client_id')}")
@@ -398,55 +694,100 @@ def verify(token: str, agent: str, fleet: str, server: str) -> None:
 
 @cli.command()
 @click.option("--agent", help="only this agent's decisions")
-@click.option("--since", help="only after this time: ISO 8601, or an age such as 1h or 30m")
+@click.option(
+    "--since",
+    help="only after this time: ISO 8601, or an age: whole seconds (90) or a number with a "
+    "unit (90s, 15m, 12h, 30d)",
+)
 @_STATE
 @_FORMAT
 def audit(agent: str | None, since: str | None, state: str, output_format: str) -> None:
-    """Read the audit trail of `fleetid serve`."""
-    from fleetid.server.audit import matching, read_jsonl
+    """Read the audit trail of `fleetid serve`.
 
-    events = matching(read_jsonl(Path(state) / "audit.jsonl"), agent=agent, since=_since(since))
+    A line that holds no event is named on stderr and skipped, and the others are printed;
+    the command then exits 2.
+    """
+    from fleetid.server.audit import UnreadableLine, matching, read_jsonl
+
+    threshold = _since(since)
+    path = _state_folder(state) / "audit.jsonl"
+    if not path.exists():
+        raise _Failed(f"no audit trail in {state}; start `fleetid serve` once first")
+    skipped: list[UnreadableLine] = []
+
+    def unreadable(line: UnreadableLine) -> None:
+        click.echo(f"fleetid: {line.format()}", err=True)
+        skipped.append(line)
+
+    try:
+        events = matching(read_jsonl(path, unreadable=unreadable), agent=agent, since=threshold)
+    except OSError as exc:
+        raise _Failed(f"cannot read {path}: {_os_reason(exc)}") from exc
     if output_format == "json":
         click.echo(json.dumps(list(events), indent=2))
-        return
-    for event in events:
-        click.echo(_audit_line(event))
+    else:
+        for event in events:
+            click.echo(_audit_line(event))
+    if skipped:
+        count = len(skipped)
+        raise _Failed(
+            f"{count} line{'s' if count != 1 else ''} of {path} could not be read", EXIT_INVALID
+        )
+
+
+_WHOLE_SECONDS = re.compile(r"[0-9]+")
 
 
 def _since(value: str | None) -> float | None:
     if value is None:
         return None
-    try:
-        age = int(parse_duration(value))
-    except ValueError:
-        pass
+    if _WHOLE_SECONDS.fullmatch(value):
+        age = int(value)
     else:
-        return time.time() - age
+        try:
+            age = int(parse_duration(value))
+        except ValueError:
+            return _moment(value)
+    now = time.time()
+    # An age older than the epoch lets every event through.
+    return now - age if age < now else float("-inf")
+
+
+def _moment(value: str) -> float:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise _Failed(f"--since {value!r} is neither a time nor an age", EXIT_INVALID) from exc
+        raise _Failed(
+            f"--since {value!r} is neither an ISO 8601 time nor an age (whole seconds such "
+            "as 90, or a number with a unit: 90s, 15m, 12h, 30d)",
+            EXIT_INVALID,
+        ) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
 def _audit_line(event: dict[str, Any]) -> str:
-    when = datetime.fromtimestamp(float(event.get("time", 0)), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    parts = [when, str(event.get("event")), f"agent={event.get('agent')}"]
+    when = datetime.fromtimestamp(event["time"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    parts = [when, event["event"], f"agent={event.get('agent')}"]
     for name in ("subject", "tenant", "resource"):
         if event.get(name):
             parts.append(f"{name}={event[name]}")
     if event.get("act"):
         parts.append("act=" + ">".join(event["act"]))
-    if "granted" in event:
-        parts.append("granted=" + (",".join(event["granted"]) or "-"))
+    for name in ("requested", "granted"):
+        if name in event:
+            parts.append(f"{name}=" + (",".join(event[name]) or "-"))
     for refusal in event.get("refused", []):
         parts.append(f"refused={refusal['scope']}({refusal['code']})")
     if event.get("outcome"):
-        parts.append(str(event["outcome"]))
+        parts.append(event["outcome"])
+    if event.get("reason"):
+        parts.append(f"reason={event['reason']}")
     if event.get("revision"):
-        parts.append(f"revision={str(event['revision'])[:12]}")
+        parts.append(f"revision={event['revision'][:12]}")
+    if event.get("jti"):
+        parts.append(f"jti={event['jti']}")
     return " ".join(parts)
 
 
@@ -456,15 +797,15 @@ def vault() -> None:
 
 
 @vault.command(name="rotate")
-@_FLEET
+@_SERVED_FLEET
 @_STATE
-def vault_rotate(fleet: str, state: str) -> None:
+def vault_rotate(fleet: str | None, state: str) -> None:
     """Add a new master key and re-wrap every record under it, while the server runs."""
     from fleetid.store import SQLiteStore
     from fleetid.vault import LocalEnvelope, Vault, VaultError
 
-    revision = _compile(fleet)
-    folder = Path(state)
+    revision = _compile(_served_fleet(state, fleet))
+    folder = _state_folder(state)
     if not (folder / "store.sqlite3").is_file():
         raise _Failed(f"no state in {state}; start `fleetid serve` once first")
     envelope = LocalEnvelope(folder / "vault.key")
@@ -495,26 +836,47 @@ def keys() -> None:
 
 
 @keys.command()
-@_FLEET
+@_SERVED_FLEET
 @_STATE
-def rotate(fleet: str, state: str) -> None:
-    """Make the published next key active, keep the old one until its tokens expire."""
-    from fleetid.keys import KeyCustodyError, LocalKeyFile
+@click.option(
+    "--force",
+    is_flag=True,
+    help="rotate even if a next key was published less than the JWKS cache lifetime ago",
+)
+def rotate(fleet: str | None, state: str, force: bool) -> None:
+    """Make each key ring's published next key active, keeping the old one until its
+    tokens expire: the ring of the fleet's signing algorithm and of every algorithm a
+    resource asks for. A next key published less than five minutes ago, the time verifiers
+    may cache the JWKS, is not made active without --force."""
+    from fleetid.keys import KeyCustodyError
+    from fleetid.server.local import LocalState
 
-    revision = _compile(fleet)
-    path = Path(state) / "keys.json"
-    if not path.is_file():
+    revision = _compile(_served_fleet(state, fleet))
+    local = LocalState(_state_folder(state))
+    if not local.keys.exists():
         raise _Failed(f"no key ring in {state}; start `fleetid serve` once first")
     tokens = revision.fleet.identity.tokens
     longest = max(tokens.access_token, tokens.id_token)
-    try:
-        custody = LocalKeyFile(path, algorithm=revision.fleet.identity.signing.algorithm)
+
+    # Every ring is read before any is rotated, so a damaged one stops the rotation whole.
+    rings = []
+    for algorithm, path in _fleet_rings(local, revision):
+        if path.exists():
+            rings.append((algorithm, path, _load_ring(path, algorithm)))
+        else:
+            click.echo(
+                f"{path}: no {algorithm} key ring yet; `fleetid serve` makes it before it "
+                f"signs with {algorithm}"
+            )
+    for algorithm, path, custody in rings:
         before, _ = custody.active_key()
-        custody.rotate(max_token_lifetime=longest + 300)
+        try:
+            custody.rotate(max_token_lifetime=longest + 300, force=force)
+        except (KeyCustodyError, OSError) as exc:
+            raise _Failed(f"rotation failed: {_ring_problem(path, exc)}") from exc
         after, _ = custody.active_key()
-    except KeyCustodyError as exc:
-        raise _Failed(f"rotation failed: {exc}") from exc
-    click.echo(f"active key {before} -> {after}; a running server adopts it within a second")
+        click.echo(f"{path} ({algorithm}): active key {before} -> {after}")
+    click.echo("a running server adopts the new keys within a second")
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from clikit import Run, runner
 
 from fleetid.fleet.compile import Revision, compile_sources
 from fleetid.fleet.load import FleetSources, read_sources
@@ -83,3 +84,9 @@ def example_copy(
 ) -> Path:
     """The example fleet copied into a temporary folder, safe to edit."""
     return write_fleet(example_fleet_text, example_policy_texts, folder="example")
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    """`fleetid ARGS...` run in-process (`clikit.runner`)."""
+    return runner(capsys)

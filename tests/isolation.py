@@ -62,3 +62,10 @@ def loopback_only(suite: str) -> Iterator[None]:
         patch.setattr(socket.socket, "connect", guarded_connect)
         patch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
         yield
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, chosen by the kernel."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])

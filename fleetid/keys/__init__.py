@@ -35,11 +35,19 @@ from fleetid.keys.persistence import (
     RingPersistence,
     StoredRing,
 )
-from fleetid.keys.ring import JsonWebKeySet, KeyRecord, KeyRing, KeyState
+from fleetid.keys.ring import (
+    JWKS_MAX_AGE,
+    JsonWebKeySet,
+    KeyRecord,
+    KeyRing,
+    KeyState,
+    RotationTooSoon,
+)
 from fleetid.keys.ring_custody import RingCustody
 
 __all__ = [
     "ALGORITHMS",
+    "JWKS_MAX_AGE",
     "Algorithm",
     "Clock",
     "InMemoryPersistence",
@@ -62,6 +70,7 @@ __all__ = [
     "RingCustody",
     "RingPersistence",
     "RotationNotSupported",
+    "RotationTooSoon",
     "Signature",
     "SigningKeyChanged",
     "StoredRing",

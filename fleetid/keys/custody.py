@@ -79,8 +79,11 @@ class KeyCustody(ABC):
         nothing of its own in memory has nothing to do."""
 
     @abstractmethod
-    def rotate(self, *, max_token_lifetime: int) -> None:
+    def rotate(self, *, max_token_lifetime: int, force: bool = False) -> None:
         """Make the next key active, retire the active one, and publish a fresh next key.
+
+        Raises `RotationTooSoon` when the next key was published less than `JWKS_MAX_AGE`
+        seconds ago, unless `force`: verifiers holding a cached JWKS would refuse its tokens.
 
         The retired key stays in the JWKS for `max_token_lifetime` seconds, which must cover
         the longest-lived token it signed plus any leeway verifiers allow on `exp`. Rotate no

@@ -114,7 +114,7 @@ class KmsSigner(KeyCustody):
         """The public keys of the next, active and unretired previous KMS keys."""
         return self._current().ring.jwks(now=int(self._clock()))
 
-    def rotate(self, *, max_token_lifetime: int) -> None:
+    def rotate(self, *, max_token_lifetime: int, force: bool = False) -> None:
         """Always raises `RotationNotSupported`: a new KMS key comes from provisioning."""
         raise RotationNotSupported(
             "KMS Sign keys are created by provisioning, not by the server: to rotate, "

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleetid.keys.algorithms import Algorithm, PrivateKey
 from fleetid.keys.custody import Clock
 from fleetid.keys.errors import KeyRingInvalid
-from fleetid.keys.persistence import JsonFilePersistence
+from fleetid.keys.persistence import JsonFilePersistence, StoredRing
 from fleetid.keys.ring import KeyRecord
-from fleetid.keys.ring_custody import RingCustody, decode_pkcs8, encode_pkcs8
+from fleetid.keys.ring_custody import RingCustody, _HeldRing, decode_pkcs8, encode_pkcs8
 
 __all__ = ["LocalKeyFile"]
 
@@ -53,3 +53,13 @@ class LocalKeyFile(RingCustody):
             )
 
         return decode_pkcs8(record.kid, pem.encode("utf-8"), Encoding.PEM)
+
+    def _adopt(self, stored: StoredRing, reuse: _HeldRing | None) -> _HeldRing:
+        # The ring's own checks know the document, not where it came from; whoever reads the
+        # error needs the file.
+        try:
+            return super()._adopt(stored, reuse)
+        except KeyRingInvalid as exc:
+            if str(self.path) in str(exc):
+                raise
+            raise KeyRingInvalid(f"key ring file {self.path}: {exc}") from exc

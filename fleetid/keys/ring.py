@@ -6,6 +6,10 @@ know it on the day it becomes active. A `previous` key no longer signs but stays
 until `retire_at`, by which time every token it signed has expired. Rotation moves each key
 one step along that line and adds a fresh `next`.
 
+A next key is useful only once verifiers have it. One that cached the JWKS just before the
+key was published keeps that copy for up to `JWKS_MAX_AGE` seconds, so a rotation is refused
+(`RotationTooSoon`) until the next key has been published that long, unless it is forced.
+
 The ring is public information only. Private keys, and how each custody keeps them, live in
 the custodies; the ring document written here has a `private_key` slot per key that each
 custody fills in its own way and that this module never looks inside.
@@ -16,18 +20,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias
 
 from fleetid.keys.algorithms import Algorithm, PrivateKey, PublicKey, algorithm_for_key
-from fleetid.keys.errors import KeyRingInvalid
+from fleetid.keys.errors import KeyCustodyError, KeyRingInvalid
 from fleetid.keys.jwk import jwk_thumbprint, public_jwk, public_key_from_jwk
 
 __all__ = [
+    "JWKS_MAX_AGE",
     "RING_FORMAT",
     "JsonWebKeySet",
     "KeyRecord",
     "KeyRing",
     "KeyState",
+    "RotationTooSoon",
     "check_rotation_states",
 ]
 
@@ -37,6 +44,26 @@ JsonWebKeySet: TypeAlias = dict[str, list[dict[str, str]]]
 RING_FORMAT: Final = "fleetid.key-ring.v1"
 
 STATES: Final[tuple[KeyState, ...]] = ("active", "next", "previous")
+
+JWKS_MAX_AGE: Final = 300
+"""Seconds a verifier may cache the JWKS (its `Cache-Control: max-age`), and so how long a
+next key must have been published before a rotation makes it active."""
+
+
+class RotationTooSoon(KeyCustodyError):
+    """The next key was published too recently to sign: verifiers may not have it yet."""
+
+    def __init__(self, kid: str, *, age: int, rotatable_at: int) -> None:
+        when = datetime.fromtimestamp(rotatable_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        super().__init__(
+            f"the next key {kid!r} was published {age} seconds ago; verifiers cache the JWKS "
+            f"for up to {JWKS_MAX_AGE} seconds, so it can become active from {when} (in "
+            f"{JWKS_MAX_AGE - age} seconds). Forcing the rotation now makes verifiers with a "
+            "cached JWKS refuse new tokens until they fetch it again"
+        )
+        self.kid = kid
+        self.age = age
+        self.rotatable_at = rotatable_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +145,19 @@ class KeyRing:
         """The RFC 7517 §5 JWK Set a resource server verifies this ring's tokens with."""
         return {"keys": [record.published_jwk() for record in self.published(now)]}
 
-    def rotated(self, fresh_next: KeyRecord, *, now: int, max_token_lifetime: int) -> KeyRing:
-        """The ring after one rotation at `now`; retired previous keys are left out."""
+    def rotated(
+        self,
+        fresh_next: KeyRecord,
+        *,
+        now: int,
+        max_token_lifetime: int,
+        force: bool = False,
+    ) -> KeyRing:
+        """The ring after one rotation at `now`; retired previous keys are left out.
+
+        Raises `RotationTooSoon` when the next key was published less than `JWKS_MAX_AGE`
+        seconds ago, unless `force` is true.
+        """
         if max_token_lifetime < 0:
             raise ValueError("max_token_lifetime is a number of seconds, zero or more")
 
@@ -129,6 +167,14 @@ class KeyRing:
 
         if fresh_next.state != "next":
             raise KeyRingInvalid("a rotation adds a key in the next state")
+
+        # A key fleetid did not create has no creation time; provisioning answers for it.
+        if not force and upcoming.created_at is not None:
+            age = now - upcoming.created_at
+            if age < JWKS_MAX_AGE:
+                raise RotationTooSoon(
+                    upcoming.kid, age=age, rotatable_at=upcoming.created_at + JWKS_MAX_AGE
+                )
 
         activated = dataclasses.replace(upcoming, state="active", rotated_at=now)
 

@@ -115,7 +115,7 @@ class RingCustody(KeyCustody):
         """The next, active and unretired previous public keys."""
         return self._current().ring.jwks(now=self._now())
 
-    def rotate(self, *, max_token_lifetime: int) -> None:
+    def rotate(self, *, max_token_lifetime: int, force: bool = False) -> None:
         """Rotate and store the new ring; new keys use this custody's algorithm.
 
         Raises `KeyRingConflict` if another process changed the stored ring since this one
@@ -125,7 +125,9 @@ class RingCustody(KeyCustody):
             held = self._held or self._load(reuse=None)
             now = self._now()
             fresh_key, fresh = self._generate("next", now)
-            ring = held.ring.rotated(fresh, now=now, max_token_lifetime=max_token_lifetime)
+            ring = held.ring.rotated(
+                fresh, now=now, max_token_lifetime=max_token_lifetime, force=force
+            )
 
             signing_kids = {record.kid for record in ring.keys if record.state != "previous"}
             private_keys = {

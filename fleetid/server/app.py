@@ -21,13 +21,13 @@ from urllib.parse import unquote_plus
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetid.fleet.compile import Revision
-from fleetid.keys import KeyCustodyError
+from fleetid.keys import JWKS_MAX_AGE, KeyCustodyError
 from fleetid.server import authorize as authorization
 from fleetid.server import connections
 from fleetid.server.clients import AuthenticatedClient, authenticate
@@ -59,6 +59,9 @@ logger = logging.getLogger("fleetid.server")
 _REPEATABLE = frozenset({"resource", "audience"})
 _TOKEN_HEADERS = frozenset({b"authorization", b"content-type", b"content-length"})
 _MAX_FIELDS = 100
+# The status logged for a request whose client disconnected before it was answered (nginx's
+# convention; nothing is sent).
+_CLIENT_GONE = 499
 # The escaped values of token requests are few, short and repeat (grant and token type
 # URNs, resource URLs, scopes), so their unquoting is memoised.
 _SHORT = 200
@@ -130,6 +133,10 @@ def parse_form(body: bytes) -> tuple[Form, list[str]]:
     form: Form = {}
     targets: list[str] = []
     for name, value in pairs:
+        if not value:
+            # RFC 6749 §3.1: "Parameters sent without a value MUST be treated as if they
+            # were omitted from the request."
+            continue
         if name in _REPEATABLE:
             targets.append(value)
         elif name in form:
@@ -206,6 +213,9 @@ def _guarded(context: ServerContext, handler: Handler) -> Callable[[Request], Aw
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(context, request)
+        except ClientDisconnect:
+            # Nobody is left to read an answer; the log line records that the client left.
+            return Response(status_code=_CLIENT_GONE)
         except Exception as error:
             return _error_response(_as_oauth_error(error, request.url.path))
 
@@ -221,7 +231,10 @@ async def _issue(
         raise InvalidRequest("grant_type is required")
     grant = _GRANTS.get(grant_type)
     if grant is None:
-        raise UnsupportedGrantType(f"grant_type {grant_type[:80]!r} is not supported")
+        # Not echoed: a client that put the wrong field there may have put a secret in it.
+        raise UnsupportedGrantType(
+            f"this grant_type is not supported; the supported ones are {', '.join(_GRANTS)}"
+        )
     client = _client(context, revision, authorization, form)
     return await grant(
         context, TokenRequest(revision, client, form, targets, int(context.clock()))
@@ -262,7 +275,9 @@ async def _discovery(context: ServerContext, request: Request) -> Response:
 
 async def _jwks(context: ServerContext, request: Request) -> Response:
     # Short caching: a key published as `next` must reach verifiers before it signs.
-    return _json(context.tokens.jwks(), headers={"Cache-Control": "public, max-age=300"})
+    return _json(
+        context.tokens.jwks(), headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"}
+    )
 
 
 async def _authorize(context: ServerContext, request: Request) -> Response:
@@ -358,7 +373,7 @@ class _Front:
             body = await _issue(context, form, targets, found.get(b"authorization"))
             status, headers = 200, _NO_STORE
         except _ClientGone:
-            return 499
+            return _CLIENT_GONE
         except Exception as failure:
             error = _as_oauth_error(failure, "/token")
             status, body, headers = error.status, error.body(), {**_NO_STORE, **error.headers}
@@ -400,7 +415,7 @@ def create_app(context: ServerContext) -> ASGIApp:
             route("/.well-known/openid-configuration", _discovery, ["GET"]),
             route("/.well-known/oauth-authorization-server", _discovery, ["GET"]),
             route("/jwks.json", _jwks, ["GET"]),
-            route("/authorize", _authorize, ["GET"]),
+            route("/authorize", _authorize, ["GET", "POST"]),
             route("/authorize/sign-in", _sign_in, ["POST"]),
             route("/authorize/consent", _consent, ["POST"]),
             route("/introspect", _introspect, ["POST"]),

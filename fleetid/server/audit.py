@@ -8,6 +8,10 @@ or a key: events are built from decisions and claims, never from request bodies,
 
 Sinks: `JsonlAudit` appends to `<state>/audit.jsonl` for `fleetid serve`; `StoreAudit`
 writes to the store (DynamoDB on AWS); every event also goes to the `fleetid.audit` logger.
+
+`read_jsonl` reads an audit file back line by line, so a damaged line costs only itself: a
+line that is not UTF-8, not JSON or not shaped as an event is handed to the caller as an
+`UnreadableLine` and skipped, and the lines after it are read as usual.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import logging
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,15 @@ import orjson
 from fleetid.policy.decide import Decision
 from fleetid.store import Store
 
-__all__ = ["AuditSink", "JsonlAudit", "StoreAudit", "audit_event", "read_jsonl"]
+__all__ = [
+    "AuditSink",
+    "JsonlAudit",
+    "StoreAudit",
+    "UnreadableLine",
+    "audit_event",
+    "matching",
+    "read_jsonl",
+]
 
 logger = logging.getLogger("fleetid.audit")
 
@@ -45,6 +59,7 @@ def audit_event(
     subject: str | None = None,
     tenant: str | None = None,
     resource: str | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     line: dict[str, Any] = {"time": round(time, 3), "event": event}
     if grant_type is not None:
@@ -69,7 +84,13 @@ def audit_event(
     else:
         if agent is not None:
             line["agent"] = agent
-        for name, value in (("subject", subject), ("tenant", tenant), ("resource", resource)):
+        given = (
+            ("revision", revision),
+            ("subject", subject),
+            ("tenant", tenant),
+            ("resource", resource),
+        )
+        for name, value in given:
             if value is not None:
                 line[name] = value
     line["act"] = _actors(act)
@@ -127,27 +148,127 @@ class StoreAudit(AuditSink):
         self.store.append_audit({**event, "agent": event.get("agent") or ""})
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The events in an audit file; a torn last line (a crash mid-write) is skipped."""
+@dataclass(frozen=True, slots=True)
+class UnreadableLine:
+    """A line of an audit file that holds no event, and why."""
+
+    path: Path
+    number: int
+    reason: str
+
+    def format(self) -> str:
+        return f"{self.path}:{self.number}: {self.reason}; line skipped"
+
+
+# Fields an event may carry, by what `audit_event` puts in them.
+_TEXT_FIELDS = (
+    "agent",
+    "subject",
+    "tenant",
+    "resource",
+    "revision",
+    "grant_type",
+    "jti",
+    "outcome",
+    "reason",
+)
+_LIST_FIELDS = ("act", "requested", "granted")
+
+
+def read_jsonl(
+    path: str | os.PathLike[str],
+    *,
+    unreadable: Callable[[UnreadableLine], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The events in an audit file, oldest first; none when the file does not exist.
+
+    A line that holds no event is given to `unreadable` and skipped. The exception is a last
+    line that has no newline and does not parse: it is being written right now, or a crash
+    cut it short, and it is skipped without a word. Blank lines are skipped too.
+    """
     path = Path(path)
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
-            if isinstance(event, dict):
+            problem: str | None
+            try:
+                event = _parse(raw)
+            except ValueError as exc:
+                if not raw.endswith(b"\n"):
+                    return
+                problem = _unparsable(exc)
+            else:
+                problem = _shape_problem(event)
+            if problem is None:
                 yield event
+            elif unreadable is not None:
+                unreadable(UnreadableLine(path, number, problem))
+
+
+class _NotJsonConstant(ValueError):
+    """NaN and Infinity, which Python's json accepts and JSON does not."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJsonConstant(name)
+
+
+def _parse(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def _unparsable(exc: ValueError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start + 1})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg}: column {exc.colno})"
+    if isinstance(exc, _NotJsonConstant):
+        return f"not JSON ({exc} is not a JSON value)"
+    return "not JSON"
+
+
+def _shape_problem(event: Any) -> str | None:
+    """What keeps a parsed line from being an audit event, or None."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    moment = event.get("time")
+    if isinstance(moment, bool) or not isinstance(moment, int | float):
+        return "time is not a number of seconds"
+    try:
+        datetime.fromtimestamp(moment, UTC)
+    except (OverflowError, OSError, ValueError):
+        return "time is out of range"
+    if not isinstance(event.get("event"), str):
+        return "event is not a string"
+    for name in _TEXT_FIELDS:
+        if event.get(name) is not None and not isinstance(event[name], str):
+            return f"{name} is not a string"
+    for name in _LIST_FIELDS:
+        values = event.get(name, [])
+        if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+            return f"{name} is not a list of strings"
+    refused = event.get("refused", [])
+    if not isinstance(refused, list):
+        return "refused is not a list"
+    for index, refusal in enumerate(refused):
+        if not isinstance(refusal, dict):
+            return f"refused[{index}] is not an object"
+        for name in ("scope", "code"):
+            if not isinstance(refusal.get(name), str):
+                return f"refused[{index}] has no {name}"
+    return None
 
 
 def matching(
     events: Iterator[dict[str, Any]], *, agent: str | None, since: float | None
 ) -> Sequence[dict[str, Any]]:
+    """The events of `agent` (any agent when None) at or after `since`."""
     return [
         event
         for event in events
         if (agent is None or event.get("agent") == agent)
-        and (since is None or float(event.get("time", 0)) >= since)
+        and (since is None or event["time"] >= since)
     ]

@@ -6,8 +6,12 @@ resource, what the agent will be able to do — already decided by the policy, s
 is never asked to consent to something they could not delegate; approving creates the
 sign-in grant and a single-use code.
 
-Until the client and its redirect URI are known to be genuine, errors are shown as a page;
-after that they go back to the client, with `state` and the RFC 9207 `iss`.
+The request arrives as a query (GET) or as a form (POST). Until the client and its redirect
+URI are known to be genuine, errors are shown as a page; after that they go back to the
+client, with `state` and the RFC 9207 `iss`. A resource named in the request on which
+nothing can be granted is refused (`invalid_target`): before sign-in when the agent may
+request nothing there, after it when the policy grants the person nothing there. Every page
+forbids being framed (RFC 9700 §4.16: the server "MUST prevent clickjacking attacks").
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from fleetid.fleet.compile import Revision
-from fleetid.policy.decide import AccessRequest, Decision, Subject, decide
+from fleetid.policy.decide import AccessRequest, Decision, Refusal, Subject, decide
 from fleetid.server.audit import audit_event
 from fleetid.server.context import ServerContext
+from fleetid.server.errors import InvalidRequest
 from fleetid.server.grants.authorization_code import CODE_NAMESPACE
 from fleetid.server.issuance import GRANT_NAMESPACE, Grant
 from fleetid.server.metadata import OIDC_SCOPES
@@ -40,6 +45,16 @@ INTERACTION_COOKIE = "fleetid_interaction"
 INTERACTION_LIFETIME = 600
 _MAX_PARAMETER = 2000
 _INTERACTION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+# RFC 7636 §4.2: code_challenge = BASE64URL-ENCODE(SHA256(ASCII(code_verifier))), the
+# 32 bytes of a SHA-256 digest in unpadded base64url.
+_S256_LENGTH = 43
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+# OIDC Core §3.1.2.1 defines these; sign-in and consent are always shown, so `login`,
+# `consent` and `select_account` are honoured as they stand.
+_PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+_PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+# The answer of a consent page that offers no Allow: back to the agent, told why.
+_RETURN = "return"
 
 
 class _Redirected(Exception):
@@ -88,10 +103,13 @@ class _Interaction:
         }
 
 
+def _page(content: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(content, status_code=status, headers=_PAGE_HEADERS)
+
+
 def _error_page(status: int, message: str) -> HTMLResponse:
-    return HTMLResponse(
-        render_page("This sign-in cannot continue", f"<p>{html.escape(message)}</p>"),
-        status_code=status,
+    return _page(
+        render_page("This sign-in cannot continue", f"<p>{html.escape(message)}</p>"), status
     )
 
 
@@ -111,9 +129,28 @@ def _single(query: Sequence[tuple[str, str]], name: str) -> str | None:
     return values[0] if values else None
 
 
+async def _parameters(context: ServerContext, request: Request) -> list[tuple[str, str]]:
+    """The request's parameters: OIDC Core §3.1.2.1, "Authorization Servers MUST support the
+    use of the HTTP GET and POST methods"; with POST they are the form body."""
+    if request.method != "POST":
+        return request.query_params.multi_items()
+    # app.py imports this module, so its form reader is imported when first needed.
+    from fleetid.server.app import read_form
+
+    # NOTE: read_form returns the `resource` and `audience` values as one list, so a posted
+    # `audience` (no parameter of this endpoint) is read as one more `resource`.
+    form, resources = await read_form(request, context.max_body)
+    return [*form.items(), *(("resource", resource) for resource in resources)]
+
+
 async def authorize(context: ServerContext, request: Request) -> Response:
+    try:
+        query = await _parameters(context, request)
+    except InvalidRequest as unreadable:
+        # Nothing in an unreadable body can be trusted, the redirect URI least of all.
+        return _error_page(400, f"The request cannot be read: {unreadable.description}.")
+
     revision = context.live.get()
-    query = request.query_params.multi_items()
     client_ids = [value for key, value in query if key == "client_id"]
     redirect_uris = [value for key, value in query if key == "redirect_uri"]
     if len(client_ids) != 1 or client_ids[0] not in revision.fleet.agents:
@@ -143,7 +180,7 @@ async def authorize(context: ServerContext, request: Request) -> Response:
         expires_at=int(context.clock()) + INTERACTION_LIFETIME,
     )
     page = context.signin.begin(revision, client_id, interaction.id)
-    response = HTMLResponse(page.html)
+    response = _page(page.html)
     _bind(response, interaction.id)
     return response
 
@@ -155,6 +192,13 @@ def _validate(
     state: str | None,
     query: Sequence[tuple[str, str]],
 ) -> _Interaction:
+    names = {key for key, _ in query}
+    # OIDC Core §6: "Should an OP not support this parameter and an RP uses it, the OP MUST
+    # return the request_not_supported error" (request_uri_not_supported for request_uri).
+    if "request" in names:
+        raise _Redirected("request_not_supported", "request objects are not supported")
+    if "request_uri" in names:
+        raise _Redirected("request_uri_not_supported", "request_uri is not supported")
     if _single(query, "response_type") != "code":
         raise _Redirected("unsupported_response_type", "response_type must be code")
     challenge = _single(query, "code_challenge")
@@ -163,8 +207,14 @@ def _validate(
         raise _Redirected("invalid_request", "code_challenge is required (PKCE)")
     if method != "S256":
         raise _Redirected("invalid_request", "code_challenge_method must be S256")
-    if not 43 <= len(challenge) <= 128:
-        raise _Redirected("invalid_request", "code_challenge is not an S256 challenge")
+    _check_challenge(challenge)
+    prompts = set((_single(query, "prompt") or "").split())
+    if not prompts <= _PROMPTS:
+        raise _Redirected(
+            "invalid_request", "prompt may hold only none, login, consent and select_account"
+        )
+    if "none" in prompts and len(prompts) > 1:
+        raise _Redirected("invalid_request", "prompt=none cannot be combined with other values")
 
     requested = tuple(dict.fromkeys((_single(query, "scope") or "").split()))
     oidc = tuple(scope for scope in requested if scope in OIDC_SCOPES)
@@ -177,7 +227,15 @@ def _validate(
         if name is None:
             # RFC 8707 §2: an unknown or unacceptable resource is "invalid_target".
             raise _Redirected("invalid_target", "the resource is not one this server knows")
+        _check_requestable(revision, client_id, name, scopes)
         resources.append(name)
+
+    # OIDC Core §3.1.2.1: with `none`, the server "MUST NOT display any authentication or
+    # consent user interface pages"; with no sessions kept, a person must always sign in.
+    if "none" in prompts:
+        raise _Redirected(
+            "login_required", "prompt=none was given, and this server keeps no sign-in sessions"
+        )
     return _Interaction(
         id=secrets.token_urlsafe(24),
         client_id=client_id,
@@ -189,6 +247,46 @@ def _validate(
         scopes=scopes,
         resources=tuple(dict.fromkeys(resources)),
     )
+
+
+def _check_challenge(challenge: str) -> None:
+    if len(challenge) != _S256_LENGTH:
+        raise _Redirected(
+            "invalid_request",
+            f"code_challenge must be {_S256_LENGTH} characters, the unpadded base64url of a "
+            "SHA-256 digest",
+        )
+    if not _BASE64URL.fullmatch(challenge):
+        raise _Redirected(
+            "invalid_request", "code_challenge may hold only base64url characters: A-Z a-z 0-9 - _"
+        )
+
+
+def _requested_on(
+    revision: Revision, client_id: str, name: str, scopes: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The scopes a request asks for on a resource it names: those of its scopes that the
+    resource defines or, when it asks for none beyond OpenID's, all the agent's there."""
+    if not scopes:
+        return tuple(sorted(revision.agent_scopes.get((client_id, name), ())))
+    defined = revision.fleet.resources[name].scopes
+    return tuple(scope for scope in scopes if scope in defined)
+
+
+def _check_requestable(
+    revision: Revision, client_id: str, name: str, scopes: tuple[str, ...]
+) -> None:
+    """Refuse, before anyone signs in, a named resource on which the agent could be granted
+    nothing whoever signs in: a code for it could never be redeemed."""
+    identifier = revision.fleet.resources[name].identifier
+    allowed = revision.agent_scopes.get((client_id, name), frozenset())
+    if not allowed:
+        raise _Redirected("invalid_target", f"{client_id} may request no scope on {identifier}")
+    if not allowed.intersection(_requested_on(revision, client_id, name, scopes)):
+        raise _Redirected(
+            "invalid_target",
+            f"none of the requested scopes is one {client_id} may request on {identifier}",
+        )
 
 
 def _bind(response: Response, interaction_id: str) -> None:
@@ -229,6 +327,14 @@ async def sign_in(context: ServerContext, request: Request, form: Mapping[str, s
     if found is None:
         return _error_page(400, "This sign-in has expired or belongs to another browser.")
     interaction, value, version, expires_at = found
+    # The consent page shown is for the person who signed in; another sign-in on the same
+    # interaction would swap who the code is for behind it.
+    if value.get("user"):
+        return _error_page(
+            409,
+            "You have already signed in to this request. To sign in as someone else, "
+            "start again from the agent.",
+        )
     revision = context.live.get()
     if interaction.client_id not in revision.fleet.agents:
         return _error_page(400, "This agent is no longer part of the fleet.")
@@ -237,7 +343,7 @@ async def sign_in(context: ServerContext, request: Request, form: Mapping[str, s
     except SignInFailed as failed:
         page = context.signin.begin(revision, interaction.client_id, interaction.id)
         notice = f"<p><b>{html.escape(str(failed))}</b></p>"
-        return HTMLResponse(page.html.replace("</h1>", f"</h1>{notice}", 1), status_code=400)
+        return _page(page.html.replace("</h1>", f"</h1>{notice}", 1), 400)
 
     value["user"] = {
         "user": user.user,
@@ -245,13 +351,16 @@ async def sign_in(context: ServerContext, request: Request, form: Mapping[str, s
         "groups": list(user.groups),
         "name": user.name,
         "email": user.email,
+        # OIDC Core §2: auth_time is "the time when the End-User authentication occurred".
+        "auth_time": int(context.clock()),
     }
     if not context.store.replace(
         INTERACTION_NAMESPACE, interaction.id, value, version=version, expires_at=expires_at
     ):
         return _error_page(409, "This sign-in was completed in another window.")
     decisions = _decide(revision, interaction, user)
-    return HTMLResponse(_consent_page(interaction, user, decisions))
+    ungranted = _ungranted(revision, interaction, decisions)
+    return _page(_consent_page(interaction, user, decisions, ungranted))
 
 
 def _resources_for(revision: Revision, interaction: _Interaction) -> dict[str, tuple[str, ...]]:
@@ -269,10 +378,14 @@ def _resources_for(revision: Revision, interaction: _Interaction) -> dict[str, t
     )
     wanted: dict[str, tuple[str, ...]] = {}
     for name in names:
-        defined = fleet.resources[name].scopes
-        scopes = tuple(scope for scope in interaction.scopes if scope in defined)
-        if interaction.resources and not interaction.scopes:
-            scopes = tuple(sorted(revision.agent_scopes.get((interaction.client_id, name), ())))
+        if name not in fleet.resources:
+            # The resource left the fleet while its user was signing in.
+            continue
+        if interaction.resources:
+            scopes = _requested_on(revision, interaction.client_id, name, interaction.scopes)
+        else:
+            defined = fleet.resources[name].scopes
+            scopes = tuple(scope for scope in interaction.scopes if scope in defined)
         if scopes:
             wanted[name] = scopes
     return wanted
@@ -286,7 +399,47 @@ def _decide(revision: Revision, interaction: _Interaction, user: SignedInUser) -
     ]
 
 
-def _consent_page(interaction: _Interaction, user: SignedInUser, decisions: list[Decision]) -> str:
+def _ungranted(
+    revision: Revision, interaction: _Interaction, decisions: list[Decision]
+) -> dict[str, tuple[Refusal, ...]]:
+    """The resources the request names on which nothing would be granted, and why: RFC 8707
+    §2 makes such a resource `invalid_target`, and a code for it could never be redeemed."""
+    decided = {decision.request.resource: decision for decision in decisions}
+    ungranted: dict[str, tuple[Refusal, ...]] = {}
+    for name in interaction.resources:
+        decision = decided.get(name)
+        if decision is None:
+            # Only a revision switched since the request was checked leaves a named
+            # resource with nothing asked for on it.
+            reason = "the fleet changed: nothing the agent may request there was asked for"
+            ungranted[name] = (Refusal("", "", reason),)
+        elif not decision.granted:
+            ungranted[name] = decision.refused
+    return ungranted
+
+
+def _refusal_lines(refused: tuple[Refusal, ...]) -> list[str]:
+    return [
+        f"{refusal.scope}: {refusal.reason}" if refusal.scope else refusal.reason
+        for refusal in refused
+    ]
+
+
+def _consent_page(
+    interaction: _Interaction,
+    user: SignedInUser,
+    decisions: list[Decision],
+    ungranted: Mapping[str, tuple[Refusal, ...]],
+) -> str:
+    agent = html.escape(interaction.client_id)
+    signed_in = (
+        f"<p>Signed in as <b>{html.escape(user.name or user.user)}</b> "
+        f"(tenant {html.escape(user.tenant)}).</p>"
+    )
+    hidden = f'<input type="hidden" name="interaction" value="{html.escape(interaction.id)}">'
+    if ungranted:
+        return _refusal_page(agent, signed_in, hidden, ungranted)
+
     sections = []
     for decision in decisions:
         resource = html.escape(decision.request.resource)
@@ -304,17 +457,35 @@ def _consent_page(interaction: _Interaction, user: SignedInUser, decisions: list
         sections.append(section)
     if not sections:
         sections.append("<p>It asks to know who you are, and for no resource.</p>")
-    agent = html.escape(interaction.client_id)
     return render_page(
         "Allow access?",
-        f"<p>Signed in as <b>{html.escape(user.name or user.user)}</b> "
-        f"(tenant {html.escape(user.tenant)}).</p>"
-        f"<p><b>{agent}</b> asks to act for you.</p>"
+        f"{signed_in}<p><b>{agent}</b> asks to act for you.</p>"
         + "".join(sections)
-        + '<form method="post" action="/authorize/consent">'
-        f'<input type="hidden" name="interaction" value="{html.escape(interaction.id)}">'
+        + f'<form method="post" action="/authorize/consent">{hidden}'
         '<button type="submit" name="decision" value="allow">Allow</button> '
         '<button type="submit" name="decision" value="deny">Deny</button></form>',
+    )
+
+
+def _refusal_page(
+    agent: str, signed_in: str, hidden: str, ungranted: Mapping[str, tuple[Refusal, ...]]
+) -> str:
+    """A consent page with nothing to allow: it says why, and only returns to the agent."""
+    sections = "".join(
+        f"<h2>{html.escape(name)}</h2><p>Nothing can be granted on it:</p><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in _refusal_lines(refused))
+        + "</ul>"
+        for name, refused in ungranted.items()
+    )
+    return render_page(
+        "Access cannot be granted",
+        f"{signed_in}<p><b>{agent}</b> asks to act for you on resources where you can "
+        "grant it nothing, so this request cannot be allowed.</p>"
+        + sections
+        + f"<p>Nothing will be shared with <b>{agent}</b>; it will be told why.</p>"
+        + f'<form method="post" action="/authorize/consent">{hidden}'
+        f'<button type="submit" name="decision" value="{_RETURN}">Return to {agent}</button>'
+        "</form>",
     )
 
 
@@ -331,10 +502,9 @@ async def consent(context: ServerContext, request: Request, form: Mapping[str, s
     parameters: dict[str, str] = {}
     if interaction.state is not None:
         parameters["state"] = interaction.state
-    if form.get("decision") != "allow":
-        parameters["error"] = "access_denied"
-        parameters["error_description"] = "the user denied the request"
-        return _redirect(context, interaction.redirect_uri, parameters)
+    answer = form.get("decision")
+    if answer not in {"allow", _RETURN}:
+        return _deny(context, interaction, parameters)
 
     revision = context.live.get()
     if interaction.client_id not in revision.fleet.agents:
@@ -347,6 +517,22 @@ async def consent(context: ServerContext, request: Request, form: Mapping[str, s
         signed_in.get("email"),
     )
     decisions = _decide(revision, interaction, user)
+    ungranted = _ungranted(revision, interaction, decisions)
+    if ungranted:
+        # Decided again, on the live revision: whatever was answered, no code comes of a
+        # request naming a resource on which nothing is granted.
+        return _refuse_target(
+            context,
+            revision=revision,
+            interaction=interaction,
+            decisions=decisions,
+            ungranted=ungranted,
+            parameters=parameters,
+        )
+    if answer != "allow":
+        # A page with nothing to allow, answered after the fleet changed to allow something:
+        # the person did not allow it.
+        return _deny(context, interaction, parameters)
     now = int(context.clock())
     grant = Grant(
         id=secrets.token_urlsafe(24),
@@ -358,7 +544,7 @@ async def consent(context: ServerContext, request: Request, form: Mapping[str, s
         oidc_scopes=interaction.oidc_scopes,
         name=user.name,
         email=user.email,
-        auth_time=now,
+        auth_time=int(signed_in.get("auth_time", now)),
         expires_at=now + revision.fleet.identity.tokens.refresh_token,
     )
     context.store.create(GRANT_NAMESPACE, grant.id, grant.as_record(), expires_at=grant.expires_at)
@@ -382,6 +568,46 @@ async def consent(context: ServerContext, request: Request, form: Mapping[str, s
         expires_at=now + revision.fleet.identity.tokens.authorization_code,
     )
     parameters["code"] = code
+    response = _redirect(context, interaction.redirect_uri, parameters)
+    response.delete_cookie(INTERACTION_COOKIE, path="/authorize")
+    return response
+
+
+def _deny(
+    context: ServerContext, interaction: _Interaction, parameters: dict[str, str]
+) -> Response:
+    parameters["error"] = "access_denied"
+    parameters["error_description"] = "the user denied the request"
+    return _redirect(context, interaction.redirect_uri, parameters)
+
+
+def _refuse_target(
+    context: ServerContext,
+    *,
+    revision: Revision,
+    interaction: _Interaction,
+    decisions: list[Decision],
+    ungranted: Mapping[str, tuple[Refusal, ...]],
+    parameters: dict[str, str],
+) -> Response:
+    for decision in decisions:
+        if decision.request.resource in ungranted:
+            context.audit.record(
+                audit_event(
+                    time=context.clock(),
+                    event="consent_refused",
+                    decision=decision,
+                    outcome="no code: nothing can be granted on this resource",
+                )
+            )
+    resources = revision.fleet.resources
+    parameters["error"] = "invalid_target"
+    parameters["error_description"] = "; ".join(
+        f"nothing can be granted on "
+        f"{resources[name].identifier if name in resources else name} for this user: "
+        + ", ".join(_refusal_lines(refused))
+        for name, refused in ungranted.items()
+    )
     response = _redirect(context, interaction.redirect_uri, parameters)
     response.delete_cookie(INTERACTION_COOKIE, path="/authorize")
     return response

@@ -48,6 +48,12 @@ __all__ = [
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ["RS256", "ES256", "PS256"]
+# The advertised algorithms a key of each type (and curve) can verify, when its JWK does
+# not pin one with `alg`; never `none` nor an HMAC, whose key would be a shared secret.
+_ALGORITHMS_BY_KEY_TYPE: Mapping[tuple[object, object], tuple[str, ...]] = {
+    ("RSA", None): ("RS256", "PS256"),
+    ("EC", "P-256"): ("ES256",),
+}
 ASSERTION_NAMESPACE = "assertion"
 # An assertion living longer than this would make the replay cache hold it as long.
 MAX_ASSERTION_LIFETIME = 600
@@ -93,14 +99,15 @@ class LocalClientSecrets(ClientSecrets):
             added = [agent for agent in agents if agent not in self._secrets]
             if not added:
                 return []
-            for agent in added:
-                self._secrets[agent] = new_secret("fis")
-                self._digests[agent] = digest(self._secrets[agent])
+            # Written to the file first: a failed write changes nothing, in memory either.
+            secrets = {**self._secrets, **{agent: new_secret("fis") for agent in added}}
             temporary = self.path.with_suffix(".tmp")
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w") as handle:
-                json.dump(self._secrets, handle, indent=2, sort_keys=True)
+                json.dump(secrets, handle, indent=2, sort_keys=True)
             os.replace(temporary, self.path)
+            self._digests = {**self._digests, **{agent: digest(secrets[agent]) for agent in added}}
+            self._secrets = secrets
             return added
 
     def secret(self, client_id: str) -> str | None:
@@ -221,12 +228,12 @@ def _check_assertion(
             f"this client authenticates with {agent.token_endpoint_auth_method}, "
             "not private_key_jwt"
         )
-    key = _assertion_key(agent, header)
+    key, algorithms = _assertion_key(agent, header)
     try:
         claims = jwt.decode(
             assertion,
             key.key,
-            algorithms=[key.algorithm_name] if key.algorithm_name else ASSERTION_ALGORITHMS,
+            algorithms=list(algorithms),
             audience=list(audiences),
             issuer=client_id,
             # Expiry is checked below against the server's clock, not the wall clock.
@@ -252,15 +259,39 @@ def _check_assertion(
     return AuthenticatedClient(client_id, agent, "private_key_jwt")
 
 
-def _assertion_key(agent: Agent, header: Mapping[str, Any]) -> jwt.PyJWK:
+def _assertion_key(agent: Agent, header: Mapping[str, Any]) -> tuple[jwt.PyJWK, tuple[str, ...]]:
+    """The key of the agent's JWKS that the assertion names, and the algorithms it may have
+    been signed with."""
     if agent.jwks is None:
         raise InvalidClient("the client has no JWKS registered in the fleet")
-    try:
-        keys = jwt.PyJWKSet.from_dict(thaw_json(agent.jwks)).keys
-    except jwt.PyJWTError as exc:
-        raise InvalidClient("the client's registered JWKS is not usable") from exc
+    members = thaw_json(agent.jwks).get("keys")
+    if not isinstance(members, list):
+        raise InvalidClient("the client's registered JWKS is not usable")
+    # A member that is no usable key for an assertion is passed over, as PyJWKSet passes
+    # over the keys it cannot load.
+    usable: list[tuple[jwt.PyJWK, tuple[str, ...]]] = []
+    for member in members:
+        algorithms = _algorithms_for(member) if isinstance(member, dict) else ()
+        if not algorithms:
+            continue
+        try:
+            usable.append((jwt.PyJWK(member, algorithms[0]), algorithms))
+        except jwt.PyJWTError:
+            continue
     kid = header.get("kid")
-    matching = [key for key in keys if kid is None or key.key_id == kid]
+    matching = [(key, fits) for key, fits in usable if kid is None or key.key_id == kid]
     if len(matching) != 1:
-        raise InvalidClient("no single key in the client's JWKS matches the assertion's kid")
+        raise InvalidClient(
+            "no single usable key in the client's JWKS matches the assertion's kid"
+        )
     return matching[0]
+
+
+def _algorithms_for(jwk: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key's own `alg` when it declares one of the advertised algorithms, else every
+    advertised algorithm its type fits; none for any other key. PyJWK is no guide here: it
+    gives an RSA key without `alg` RS256 only, and fails outright on `alg: none`."""
+    declared = jwk.get("alg")
+    if declared is not None:
+        return (str(declared),) if declared in ASSERTION_ALGORITHMS else ()
+    return _ALGORITHMS_BY_KEY_TYPE.get((jwk.get("kty"), jwk.get("crv")), ())

@@ -14,6 +14,7 @@ exchange and refresh made from it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +39,17 @@ __all__ = [
     "issue_for_resource",
     "load_grant",
     "refusal_description",
+    "requested_scopes",
     "resolve_target",
     "revoke_grant",
     "subject_claim",
 ]
 
 GRANT_NAMESPACE = "grant"
+MAX_REQUESTED_SCOPES = 64
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# fleetid's own secrets are 47 characters and more; scope names are rarely a third of that.
+_ECHOED_SCOPE_LENGTH = 40
 NOT_CONSENTED = "not_consented"
 
 
@@ -189,7 +195,42 @@ def _target(revision: Revision, value: str) -> Target:
 
 
 def refusal_description(refused: Sequence[Refusal]) -> str:
-    return "; ".join(f"{refusal.scope}: {refusal.reason}" for refusal in refused)
+    return "; ".join(
+        f"{refusal.scope}: {refusal.reason}" if refusal.scope else refusal.reason
+        for refusal in refused
+    )
+
+
+def requested_scopes(revision: Revision, form: Mapping[str, str]) -> tuple[str, ...]:
+    """The `scope` parameter's scope names, or InvalidScope when it breaks RFC 6749 §3.3:
+    `scope = scope-token *( SP scope-token )`, `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+
+    A long name no resource defines is refused without being repeated: it is what a
+    credential pasted into the wrong field looks like, and the refusal would otherwise carry
+    it into the error description and the audit line.
+    """
+    text = form.get("scope")
+    if text is None:
+        return ()
+    scopes = tuple(text.split(" "))
+    if len(scopes) > MAX_REQUESTED_SCOPES:
+        raise InvalidScope(f"at most {MAX_REQUESTED_SCOPES} scopes can be requested at once")
+    if not all(_SCOPE_TOKEN.fullmatch(scope) for scope in scopes):
+        raise InvalidScope(
+            "scope must be scope names separated by single spaces, each of printable ASCII "
+            "other than the space, the double quote and the backslash (RFC 6749 §3.3)"
+        )
+    long = [scope for scope in scopes if len(scope) > _ECHOED_SCOPE_LENGTH]
+    if long:
+        defined = {
+            name for resource in revision.fleet.resources.values() for name in resource.scopes
+        }
+        if any(scope not in defined for scope in long):
+            raise InvalidScope(
+                f"a requested scope is longer than {_ECHOED_SCOPE_LENGTH} characters and no "
+                "resource defines it; it is not repeated here"
+            )
+    return scopes
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,39 +1,72 @@
 """`fleetid serve`: the identity server on one machine, with embedded state.
 
-Everything lives in the state folder (mode 0700): `store.sqlite3` (WAL), `keys.json` (the
-signing key ring, 0600, generated on first start), `clients.json` (the agents' client
-secrets, 0600, generated on first start and kept across restarts), `vault.key` (the
-connections vault's master key, 0600) and `audit.jsonl`. API keys of connections are read
-from their `{env: ...}` references at start and stored encrypted.
+Everything lives in the state folder, which is kept 0700: `store.sqlite3` (WAL, 0600),
+`keys.json` (the signing key ring, 0600, generated on first start), `clients.json` (the
+agents' client secrets, 0600, generated on first start and kept across restarts),
+`vault.key` (the connections vault's master key, 0600) and `audit.jsonl`. API keys of
+connections are read from their `{env: ...}` references at start and stored encrypted.
+
+There is one key ring per signing algorithm. `keys.json` holds the ring of the algorithm the
+state folder was first started with; any other algorithm, whether a resource asks for it or
+`identity.signing.algorithm` changes later, has its ring in `keys-<algorithm>.json`. So a
+token is always signed with a key of the algorithm that discovery and the JWKS announce.
 
 A watcher polls fleet.yaml and policies/ once a second. A change is compiled; a valid one
 is switched in whole (`LiveRevision`), an invalid one is refused with the validator's
-errors in the log while the running revision keeps serving. It watches the key rings too:
-after `fleetid keys rotate`, the running server signs with the new active key.
+errors in the log while the running revision keeps serving. Switching in needs more than a
+valid fleet (the key ring of a new algorithm, secrets for new agents, the store); when one of
+those fails, the revision is refused as a whole, the failure is logged once, and the switch
+is tried again at each poll until it succeeds or the fleet changes. It watches the key rings
+too: after `fleetid keys rotate`, the running server signs with the new active key.
+
+An agent removed from the fleet loses its sign-ins: their refresh tokens stop working and
+do not come back if the agent does. Access tokens already issued to it stay valid at
+resource servers until they expire.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleetid.fleet.compile import Revision, compile_sources
 from fleetid.fleet.load import FleetInvalid, read_sources
-from fleetid.keys import Algorithm, KeyCustody, LocalKeyFile
-from fleetid.server.audit import JsonlAudit
+from fleetid.keys import (
+    ALGORITHMS,
+    Algorithm,
+    JsonFilePersistence,
+    KeyCustody,
+    KeyCustodyError,
+    KeyRing,
+    KeyRingInvalid,
+    LocalKeyFile,
+)
+from fleetid.server.audit import JsonlAudit, audit_event
+from fleetid.server.authorize import INTERACTION_NAMESPACE
 from fleetid.server.clients import LocalClientSecrets
 from fleetid.server.context import Endpoints, LiveRevision, ServerContext
+from fleetid.server.issuance import GRANT_NAMESPACE, revoke_grant
 from fleetid.server.signin import DevUserSignIn
 from fleetid.server.tokens import TokenService, signing_algorithms
-from fleetid.store import SQLiteStore
+from fleetid.store import SQLiteStore, StoreError
 from fleetid.vault import LocalEnvelope, Vault
 
-__all__ = ["LocalState", "RevisionWatcher", "open_local"]
+__all__ = ["LocalState", "LocalStateError", "RevisionWatcher", "open_local"]
 
 logger = logging.getLogger("fleetid.serve")
+
+# What a switch can run into that the person running the server can fix: a key ring file,
+# a file or folder in the way, the store. Their messages name the file and the problem.
+_FORESEEABLE = (KeyCustodyError, OSError, StoreError)
+
+
+class LocalStateError(Exception):
+    """The state folder cannot be used safely as it is."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +93,70 @@ class LocalState:
     def vault_key(self) -> Path:
         return self.folder / "vault.key"
 
+    def key_ring(self, algorithm: Algorithm, *, default: Algorithm) -> Path:
+        """The file of `algorithm`'s key ring; `default` is the fleet's signing algorithm,
+        whose ring a new state folder keeps in `keys.json`."""
+        named = self.folder / f"keys-{algorithm}.json"
+        first = _ring_algorithm(self.keys)
+        if first == algorithm:
+            return self.keys
+        if first is None and algorithm == default and not named.exists():
+            return self.keys
+        return named
+
     def create(self) -> None:
+        """Create the folder, or close an existing one to other users; LocalStateError
+        when that cannot be done."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = self.folder.stat()
+        mode = stat.S_IMODE(status.st_mode)
+        if not mode & 0o077:
+            return
+
+        # The folder holds private keys, client secrets and sign-ins; its mode is what keeps
+        # other users of the machine out of all of them at once.
+        if status.st_uid != os.geteuid():
+            raise LocalStateError(
+                f"state folder {self.folder} is open to other users (mode {mode:04o}) and "
+                "belongs to another user: make it 0700, or choose another folder with --state"
+            )
+        try:
+            os.chmod(self.folder, 0o700)
+        except OSError as exc:
+            raise LocalStateError(
+                f"state folder {self.folder} is open to other users (mode {mode:04o}) and "
+                f"could not be made 0700: {exc.strerror}"
+            ) from exc
+        logger.warning("state folder %s was mode %04o; it is 0700 now", self.folder, mode)
+
+
+def _ring_algorithm(path: Path) -> Algorithm | None:
+    """The algorithm the ring in `path` signs with; None when there is no file."""
+    stored = JsonFilePersistence(path).load()
+    if stored is None:
+        return None
+    try:
+        ring, _ = KeyRing.from_document(stored.document)
+    except KeyRingInvalid as exc:
+        raise KeyRingInvalid(f"key ring file {path}: {exc}") from exc
+    return ring.active.alg
+
+
+def _custodies(state: LocalState, default: Algorithm) -> Callable[[Algorithm], KeyCustody]:
+    def custody_for(algorithm: Algorithm) -> KeyCustody:
+        path = state.key_ring(algorithm, default=default)
+        custody = LocalKeyFile(path, algorithm=algorithm)
+        # Loaded (or generated) here, before the token service publishes it: a ring that
+        # cannot be used is refused while the keys being served stay as they are.
+        _, signing = custody.active_key()
+        if signing != algorithm:
+            raise KeyRingInvalid(
+                f"key ring file {path} signs with {signing}, but it is the {algorithm} ring: "
+                f"move it aside, and a new {algorithm} ring is made in its place"
+            )
+        return custody
+
+    return custody_for
 
 
 def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerContext:
@@ -71,12 +166,9 @@ def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerConte
     secrets = LocalClientSecrets(state.clients)
     secrets.ensure(sorted(revision.fleet.agents))
     default = revision.fleet.identity.signing.algorithm
-
-    def custody_for(algorithm: Algorithm) -> KeyCustody:
-        path = state.keys if algorithm == default else state.folder / f"keys-{algorithm}.json"
-        return LocalKeyFile(path, algorithm=algorithm)
-
-    tokens = TokenService(issuer.rstrip("/"), custody_for, default_algorithm=default)
+    tokens = TokenService(
+        issuer.rstrip("/"), _custodies(state, default), default_algorithm=default
+    )
     tokens.prepare(signing_algorithms(revision))
     endpoints = Endpoints(issuer.rstrip("/"))
     live = LiveRevision(revision)
@@ -104,6 +196,38 @@ def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerConte
     )
 
 
+def _end_sign_ins(context: ServerContext, reasons: Mapping[str, str]) -> dict[str, int]:
+    """Revoke every sign-in of the agents named in `reasons`, and drop their sign-ins in
+    progress; how many sign-ins each agent lost."""
+    ended = dict.fromkeys(sorted(reasons), 0)
+    if not ended:
+        return ended
+
+    # A revoked grant takes its refresh-token family and its authorization codes with it:
+    # both are redeemed only while their grant stands.
+    for grant_id, record in context.store.scan(GRANT_NAMESPACE):
+        client_id = record.value.get("client_id")
+        if client_id in ended and not record.value.get("revoked"):
+            revoke_grant(context, grant_id)
+            ended[client_id] += 1
+    for interaction_id, record in context.store.scan(INTERACTION_NAMESPACE):
+        if record.value.get("client_id") in ended:
+            context.store.delete(INTERACTION_NAMESPACE, interaction_id)
+
+    for agent, count in ended.items():
+        if count:
+            context.audit.record(
+                audit_event(
+                    time=context.clock(),
+                    event="sign_ins_ended",
+                    agent=agent,
+                    outcome=f"{count} sign-in{'s' if count != 1 else ''} revoked",
+                    reason=reasons[agent],
+                )
+            )
+    return ended
+
+
 def _fleet_files(fleet: Path) -> list[Path]:
     paths = [fleet]
     folder = fleet.parent / "policies"
@@ -115,18 +239,37 @@ def _fleet_files(fleet: Path) -> list[Path]:
 def _key_files(state: LocalState | None) -> list[Path]:
     if state is None:
         return []
-    return [state.keys, *sorted(state.folder.glob("keys-*.json"))]
+    named = [state.folder / f"keys-{algorithm}.json" for algorithm in ALGORITHMS]
+    return [state.keys, *named]
 
 
-def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int, int], ...]:
     marks = []
     for path in paths:
         try:
             status = path.stat()
         except OSError:
             continue
-        marks.append((str(path), status.st_mtime_ns, status.st_size))
+        # The change time moves with a chmod too, which is how a refused key file is fixed.
+        marks.append((str(path), status.st_mtime_ns, status.st_ctime_ns, status.st_size))
     return tuple(marks)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A valid revision that could not be switched in, and why; it is tried again."""
+
+    revision: Revision
+    reason: str
+
+    def repeats(self, revision: Revision, reason: str) -> bool:
+        return (self.revision.hash, self.reason) == (revision.hash, reason)
 
 
 class RevisionWatcher:
@@ -148,6 +291,7 @@ class RevisionWatcher:
         self.state = state
         self._seen = _fingerprint(_fleet_files(self.fleet))
         self._keys_seen = _fingerprint(_key_files(state))
+        self._refused: _Refusal | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetid-watcher", daemon=True)
 
@@ -160,8 +304,13 @@ class RevisionWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.check_keys()
-            self.check()
+            try:
+                self.check_keys()
+                self.check()
+            except Exception:
+                # The server keeps serving whatever happens here, so the watcher keeps
+                # watching: the next poll may find the cause gone.
+                logger.exception("the fleet watcher failed; it keeps watching")
 
     def check_keys(self) -> bool:
         """Adopt the key rings if their files changed; True when they were reloaded."""
@@ -171,6 +320,12 @@ class RevisionWatcher:
         self._keys_seen = current
         try:
             self.context.tokens.reload_keys()
+        except _FORESEEABLE as exc:
+            logger.error(
+                "reloading the key rings failed; the keys in memory keep signing: %s",
+                _describe(exc),
+            )
+            return False
         except Exception:
             logger.exception("reloading the key rings failed; the keys in memory keep signing")
             return False
@@ -178,13 +333,24 @@ class RevisionWatcher:
         return True
 
     def check(self) -> bool:
-        """Reload if the files changed; True when a new revision went live."""
+        """Reload if the files changed, or retry a refused switch; True when a new revision
+        went live."""
         current = _fingerprint(_fleet_files(self.fleet))
-        if current == self._seen:
+        if current != self._seen:
+            self._seen = current
+            self._refused = None
+            revision = self._compile()
+            if revision is None:
+                return False
+        elif self._refused is not None:
+            revision = self._refused.revision
+        else:
             return False
-        self._seen = current
+        return self._switch(revision)
+
+    def _compile(self) -> Revision | None:
         try:
-            revision = compile_sources(read_sources(self.fleet))
+            return compile_sources(read_sources(self.fleet))
         except FleetInvalid as invalid:
             live = self.context.live.get()
             logger.warning(
@@ -192,15 +358,70 @@ class RevisionWatcher:
                 live.short,
                 "\n".join(problem.format() for problem in invalid.problems),
             )
-            return False
         except Exception:
             logger.exception("reloading the fleet failed; the running revision keeps serving")
+        return None
+
+    def _switch(self, revision: Revision) -> bool:
+        live = self.context.live.get()
+        before, after = set(live.fleet.agents), set(revision.fleet.agents)
+        removed, added = sorted(before - after), sorted(after - before)
+        try:
+            ended = self._prepare(revision, removed, added)
+        except _FORESEEABLE as exc:
+            self._refuse(revision, live, _describe(exc), traceback=False)
             return False
-        # A resource newly asking for another algorithm gets its keys published first.
-        self.context.tokens.prepare(signing_algorithms(revision))
-        if self.on_switch is not None:
-            self.on_switch(revision)
+        except Exception as exc:
+            self._refuse(revision, live, f"unexpected {type(exc).__name__}", traceback=True)
+            return False
+
+        self._refused = None
         switched = self.context.live.switch(revision)
         if switched:
             logger.info("revision %s is live", revision.short)
+        if removed:
+            logger.warning(
+                "agents removed from the fleet: %s; their sign-ins are revoked (%d), and "
+                "access tokens already issued to them stay valid until they expire",
+                ", ".join(removed),
+                sum(ended[agent] for agent in removed),
+            )
+        returning = [agent for agent in added if ended[agent]]
+        if returning:
+            logger.warning(
+                "agents back in the fleet had sign-ins from before their removal: %s; "
+                "those are revoked",
+                ", ".join(f"{agent} ({ended[agent]})" for agent in returning),
+            )
         return switched
+
+    def _prepare(self, revision: Revision, removed: list[str], added: list[str]) -> dict[str, int]:
+        """Everything the revision needs before it serves; how many sign-ins each removed
+        or added agent lost."""
+        # A resource newly asking for another algorithm gets its keys published first.
+        # NOTE: they stay published if a later step refuses the revision, as every next key
+        # is published before it signs; the keys that sign stay as they are.
+        self.context.tokens.prepare(signing_algorithms(revision))
+        if self.on_switch is not None:
+            self.on_switch(revision)
+        # Last, being the one step that cannot be undone, and before the switch, so that a
+        # failure refuses the revision. An added agent can hold sign-ins only from before
+        # its removal (one that completed while it was being removed, or a removal while
+        # the server was stopped): they end too, so that coming back restores nothing.
+        reasons = dict.fromkeys(removed, f"the agent is not in revision {revision.short}")
+        reasons.update(
+            dict.fromkeys(added, f"the sign-in predates the agent's return in {revision.short}")
+        )
+        return _end_sign_ins(self.context, reasons)
+
+    def _refuse(self, revision: Revision, live: Revision, reason: str, *, traceback: bool) -> None:
+        # Tried again at every poll; said once per revision and reason, not every second.
+        repeated = self._refused is not None and self._refused.repeats(revision, reason)
+        self._refused = _Refusal(revision, reason)
+        if repeated:
+            return
+        message = "revision %s was not switched in, and revision %s keeps serving: %s"
+        if traceback:
+            logger.exception(message, revision.short, live.short, reason)
+        else:
+            logger.error(message, revision.short, live.short, reason)

@@ -48,7 +48,6 @@ __all__ = [
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 AGENT_AUDIENCE_PREFIX = "urn:fleetid:agent:"
-_LEEWAY = 5
 _ALGORITHMS = ("RS256", "ES256")
 _REQUIRED = ("exp", "iat", "jti", "sub", "client_id")
 # A token of this server is a few hundred bytes; anything far larger is not one.
@@ -229,7 +228,9 @@ class TokenService:
                 remembered[token] = verified
                 if len(remembered) > _VERIFIED_CACHE:
                     remembered.popitem(last=False)
-        if verified.expires_at + _LEEWAY < now:
+        # RFC 7519 §4.1.4: accepted only "on or before" exp, by the clock that set it: the
+        # leeway verifiers give for clock skew has no place when the issuer checks.
+        if verified.expires_at <= now:
             remembered.pop(token, None)
             return None
         return verified

@@ -1,7 +1,8 @@
 """The OpenID Connect UserInfo endpoint (OIDC Core §5.3), for sign-in tokens.
 
 A bearer token that is not valid gets the RFC 6750 §3 challenge; one without the `openid`
-scope is `insufficient_scope`.
+scope is `insufficient_scope`. The claims returned follow the token's scopes, within those
+of the sign-in it belongs to.
 """
 
 from __future__ import annotations
@@ -42,12 +43,16 @@ def userinfo(context: ServerContext, token: str | None) -> dict[str, Any]:
         description = "the token belongs to no person's sign-in"
         raise InvalidToken(description, headers=_challenge("invalid_token", description))
 
+    # OIDC Core §5.4: "The scopes associated with Access Tokens determine what resources
+    # will be available when they are used". A token narrowed on refresh reveals less; none
+    # reveals more than its sign-in was granted.
+    scopes = set(presented.token.scopes).intersection(grant.oidc_scopes)
     claims: dict[str, Any] = {
         "sub": subject_claim(grant.tenant, grant.user),
         "tenant": grant.tenant,
     }
-    if "profile" in grant.oidc_scopes and grant.name:
+    if "profile" in scopes and grant.name:
         claims["name"] = grant.name
-    if "email" in grant.oidc_scopes and grant.email:
+    if "email" in scopes and grant.email:
         claims["email"] = grant.email
     return claims

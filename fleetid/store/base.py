@@ -18,6 +18,8 @@ What every implementation guarantees:
   process. Losing a race is a normal outcome reported by the return value, not an exception.
 - Audit events come back oldest first. ``since`` is inclusive. Events with the same time come
   back in an order that is stable but otherwise unspecified.
+- ``scan`` yields every record of a namespace that is live when it is reached, each once.
+  Records written while it runs may or may not be among them.
 
 What every implementation accepts, checked here so that both refuse the same input:
 
@@ -36,7 +38,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -61,6 +63,7 @@ __all__ = [
     "validate_audit_query",
     "validate_batch",
     "validate_expires_at",
+    "validate_namespace",
     "validate_version",
 ]
 
@@ -141,6 +144,15 @@ class Store(ABC):
         """Remove the record under the key, if any."""
 
     @abstractmethod
+    def scan(self, namespace: str) -> Iterator[tuple[str, Record]]:
+        """Every live record of one namespace, as (key, record) pairs, in no given order.
+
+        For rare sweeps, such as ending the sign-ins of an agent removed from the fleet: it
+        reads the whole namespace, and on DynamoDB the whole table. The caller may write to
+        the store between two pairs.
+        """
+
+    @abstractmethod
     def append_audit(self, event: Mapping[str, Any]) -> None:
         """Add an event, with at least ``"time"`` and ``"agent"``, to the audit trail."""
 
@@ -169,10 +181,15 @@ class Store(ABC):
         self.close()
 
 
-def validate_address(namespace: str, key: str) -> None:
-    """Refuse a namespace or key that some backend could not store unambiguously."""
+def validate_namespace(namespace: str) -> None:
+    """Refuse a namespace that some backend could not keep apart from the others."""
     if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
         raise ValueError("namespace must be a lowercase identifier of at most 63 characters")
+
+
+def validate_address(namespace: str, key: str) -> None:
+    """Refuse a namespace or key that some backend could not store unambiguously."""
+    validate_namespace(namespace)
 
     if not isinstance(key, str) or not key:
         raise ValueError("key must be a non-empty string")

@@ -41,6 +41,11 @@ whole server can append about 1,000 events per second before ``append_audit`` ra
 ``StoreUnavailableError``. Spreading ``audit_feed`` over several values would lift that at the
 price of one query per value for each all-agents read. Audit events have no expiry.
 
+NOTE: ``scan`` of a namespace is a ``Scan`` of the whole table, filtered to that namespace's
+partitions: it costs the read units of every item in the table, audit events included. It is
+for rare sweeps (an agent removed from the fleet), not for requests; a namespace that needs
+it often would call for an index of its own.
+
 NOTE: botocore retries a request whose response was lost. A conditional write that had in
 fact succeeded then fails its condition on the retry and reports a lost race. That errs on the
 safe side: a code is never redeemed twice, at worst not at all.
@@ -52,7 +57,7 @@ The key schema is exported (``KEY_SCHEMA``, ``ATTRIBUTE_DEFINITIONS``,
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, cast
 
 import boto3
@@ -71,6 +76,7 @@ from fleetid.store.base import (
     validate_audit_query,
     validate_batch,
     validate_expires_at,
+    validate_namespace,
     validate_version,
 )
 from fleetid.store.errors import StoreError, StoreUnavailableError
@@ -116,6 +122,8 @@ GLOBAL_SECONDARY_INDEXES: Final[tuple[Mapping[str, Any], ...]] = (
 _RECORD_SORT_KEY: Final = "record"
 _AUDIT_PARTITION_PREFIX: Final = "!audit#"
 _AUDIT_FEED: Final = "all"
+# Items a Scan evaluates per request, before its filter; DynamoDB stops at 1 MB in any case.
+_SCAN_PAGE: Final = 1000
 # Rounds of a BatchGetItem that DynamoDB answers only in part, and the first pause between.
 _BATCH_ATTEMPTS: Final = 5
 _BATCH_BACKOFF: Final = 0.05
@@ -303,6 +311,34 @@ class DynamoDBStore(Store):
         validate_address(namespace, key)
 
         self._send("delete_item", Key=_record_key(namespace, key))
+
+    def scan(self, namespace: str) -> Iterator[tuple[str, Record]]:
+        validate_namespace(namespace)
+        prefix = f"{namespace}#"
+        request: dict[str, Any] = {
+            # Strongly consistent, as every other read of records here.
+            "ConsistentRead": True,
+            "Limit": _SCAN_PAGE,
+            "FilterExpression": "begins_with(#pk, :prefix) AND #sk = :record",
+            "ExpressionAttributeNames": {"#pk": HASH_KEY, "#sk": RANGE_KEY},
+            "ExpressionAttributeValues": {
+                ":prefix": {"S": prefix},
+                ":record": {"S": _RECORD_SORT_KEY},
+            },
+        }
+
+        while True:
+            page = self._send("scan", **request)
+            now = unix_now(self._clock)
+            for item in page.get("Items", []):
+                record = _record(item)
+                if _live(record, now):
+                    yield str(item[HASH_KEY]["S"])[len(prefix) :], record
+
+            if "LastEvaluatedKey" not in page:
+                return
+
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def append_audit(self, event: Mapping[str, Any]) -> None:
         event_time, agent, encoded = encode_audit_event(event)

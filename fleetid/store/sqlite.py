@@ -17,11 +17,17 @@ redeemers, in any thread or process, exactly one deletes the row and receives it
 Expired rows are invisible to every statement through its ``WHERE`` clause. They are removed
 opportunistically: at most once per ``purge_interval``, a ``create`` first deletes a bounded
 batch of them; ``purge_expired`` removes all of them on demand.
+
+The file holds sign-ins (names, emails, groups) and keys that are live sign-in cookies, so it
+is created readable by its owner only (0600), and a file of ours found open to others is
+closed to them. SQLite creates the ``-wal`` and ``-shm`` files with the database file's
+permissions, so they follow.
 """
 
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +46,7 @@ from fleetid.store.base import (
     validate_audit_query,
     validate_batch,
     validate_expires_at,
+    validate_namespace,
     validate_version,
 )
 from fleetid.store.errors import StoreError, StoreUnavailableError
@@ -78,6 +85,9 @@ _SCHEMA: Final = (
 )
 
 _PURGE_BATCH: Final = 1000
+_SCAN_PAGE: Final = 500
+_OWNER_ONLY: Final = 0o600
+_COMPANIONS: Final = ("", "-wal", "-shm")
 _IDLE_CONNECTIONS: Final = 8
 _WAL_RETRY_PAUSE: Final = 0.01
 
@@ -111,6 +121,11 @@ class SQLiteStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         self._next_purge = float("-inf")
+
+        try:
+            _create_owner_only(self._path)
+        except OSError as exc:
+            raise StoreError("SQLite store file could not be created") from exc
 
         try:
             with self._connection("open") as connection:
@@ -235,6 +250,32 @@ class SQLiteStore(Store):
             connection.execute(
                 "DELETE FROM records WHERE namespace = ? AND key = ?", (namespace, key)
             )
+
+    def scan(self, namespace: str) -> Iterator[tuple[str, Record]]:
+        validate_namespace(namespace)
+        after = ""
+
+        while True:
+            now = unix_now(self._clock)
+            # A page per statement, resumed after the last key: no connection or read
+            # transaction stays open while the caller works on what it was given.
+            with self._connection("scan") as connection:
+                rows = connection.execute(
+                    """
+                    SELECT key, value, version, expires_at FROM records
+                    WHERE namespace = ? AND key > ? AND (expires_at IS NULL OR expires_at > ?)
+                    ORDER BY key LIMIT ?
+                    """,
+                    (namespace, after, now, _SCAN_PAGE),
+                ).fetchall()
+
+            for row in rows:
+                yield row[0], _record(row[1:])
+
+            if len(rows) < _SCAN_PAGE:
+                return
+
+            after = rows[-1][0]
 
     def append_audit(self, event: Mapping[str, Any]) -> None:
         event_time, agent, encoded = encode_audit_event(event)
@@ -406,6 +447,23 @@ class SQLiteStore(Store):
         )
 
         return cursor.rowcount
+
+
+def _create_owner_only(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it; close an existing one of ours
+    to other users, and its -wal and -shm files with it."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, _OWNER_ONLY)
+    os.close(descriptor)
+
+    for companion in _COMPANIONS:
+        try:
+            status = os.stat(path + companion)
+        except FileNotFoundError:
+            continue
+
+        mode = stat.S_IMODE(status.st_mode)
+        if mode & 0o077 and status.st_uid == os.geteuid():
+            os.chmod(path + companion, mode & 0o700)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

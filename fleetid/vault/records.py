@@ -12,8 +12,9 @@ sealed under:
   the context derived from the binding *asked for*, not the one stored: a record copied onto
   another row fails to decrypt even when its clear-text binding was edited to match.
 
-Records live in namespace ``vault`` without expiry. The store cannot list its records, so
-the vault keeps its own index, ``vault_index``: 64 shards, each the sorted list of record keys
+Records live in namespace ``vault`` without expiry. The store lists a namespace only by a
+full scan (a table Scan on DynamoDB), too costly for a rotation to repeat, so the vault keeps
+its own index, ``vault_index``: 64 shards, each the sorted list of record keys
 whose digest falls in it, updated by compare-and-set. A rotation walks the shards.
 
 NOTE: a shard holds about 5,000 keys within the store's value limit, so the index covers about

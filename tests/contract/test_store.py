@@ -8,8 +8,10 @@ tested without waiting.
 """
 
 import math
+import os
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -28,6 +30,8 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 import fleetid.store
+import fleetid.store.dynamodb
+import fleetid.store.sqlite
 from fleetid.store import (
     DynamoDBStore,
     Record,
@@ -278,6 +282,54 @@ def test_delete(store: Store) -> None:
     store.delete("revoked", KEY)
 
     assert store.get("revoked", KEY) is None
+
+
+def test_scan_yields_the_live_records_of_one_namespace(store: Store, clock: ManualClock) -> None:
+    store.create("grant", "g1", {"client_id": "agent-a"}, expires_at=None)
+    store.create("grant", "g2", {"client_id": "agent-b"}, expires_at=int(clock.now) + 60)
+    store.replace("grant", "g2", {"client_id": "agent-c"}, version=1, expires_at=None)
+    store.create("grant", "g3", {"client_id": "agent-a"}, expires_at=int(clock.now) + 10)
+    store.create("grants", "g4", {}, expires_at=None)
+    store.create("refresh", "g1", {}, expires_at=None)
+    store.append_audit({"time": clock.now, "agent": "agent-a"})
+    clock.advance(10)
+
+    scanned = dict(store.scan("grant"))
+
+    assert scanned == {
+        "g1": Record(value={"client_id": "agent-a"}, version=1, expires_at=None),
+        "g2": Record(value={"client_id": "agent-c"}, version=2, expires_at=None),
+    }
+    assert list(store.scan("approval")) == []
+
+
+def test_scan_reads_every_page_and_allows_writes_between_records(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small pages, so that a handful of records spans several of them.
+    monkeypatch.setattr(fleetid.store.sqlite, "_SCAN_PAGE", 3)
+    monkeypatch.setattr(fleetid.store.dynamodb, "_SCAN_PAGE", 3)
+    keys = {f"key-{index:02}" for index in range(10)}
+    for key in keys:
+        store.create("grant", key, {"revoked": False}, expires_at=None)
+        store.create("refresh", key, {}, expires_at=None)
+
+    seen = []
+    for key, record in store.scan("grant"):
+        seen.append(key)
+        assert store.replace(
+            "grant", key, {"revoked": True}, version=record.version, expires_at=None
+        )
+        store.delete("refresh", key)
+
+    assert sorted(seen) == sorted(keys)
+    assert all(record.value == {"revoked": True} for _, record in store.scan("grant"))
+    assert list(store.scan("refresh")) == []
+
+
+def test_scan_refuses_a_bad_namespace(store: Store) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        list(store.scan("auth#code"))
 
 
 # Expiry
@@ -697,6 +749,7 @@ STORE_CALLS: list[tuple[str, Callable[[Store], object]]] = [
     ("delete", lambda store: store.delete("auth_code", KEY)),
     ("append_audit", lambda store: store.append_audit({"time": 1.0, "agent": KEY})),
     ("audit", lambda store: store.audit(agent=KEY)),
+    ("scan", lambda store: list(store.scan("auth_code"))),
 ]
 
 
@@ -830,6 +883,32 @@ def test_a_closed_store_is_a_store_error(store: Store) -> None:
 
 
 # SQLite specifics
+
+
+def test_sqlite_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "fleetid.db"
+    previous = os.umask(0o022)
+    try:
+        with SQLiteStore(path) as store:
+            store.create("grant", KEY, {"email": "ana@example.com"}, expires_at=None)
+            files = sorted(tmp_path.iterdir())
+            modes = {file.name: stat.S_IMODE(file.stat().st_mode) for file in files}
+    finally:
+        os.umask(previous)
+
+    assert modes == {"fleetid.db": 0o600, "fleetid.db-shm": 0o600, "fleetid.db-wal": 0o600}
+
+
+def test_a_sqlite_file_open_to_others_is_closed_to_them(tmp_path: Path) -> None:
+    path = tmp_path / "fleetid.db"
+    SQLiteStore(path).close()
+    path.chmod(0o644)
+
+    with SQLiteStore(path) as store:
+        store.create("grant", KEY, {}, expires_at=None)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        for companion in ("-wal", "-shm"):
+            assert stat.S_IMODE(Path(f"{path}{companion}").stat().st_mode) == 0o600
 
 
 def count_rows(path: Path) -> int:

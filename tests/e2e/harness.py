@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import jwt
 import pytest
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
+from isolation import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FLEETID = Path(sys.executable).with_name("fleetid")
@@ -66,12 +66,6 @@ def _environment() -> dict[str, str]:
 
 
 ENVIRONMENT = _environment()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:

@@ -9,6 +9,7 @@ them). Tests that end a sign-in (reuse detection, revocation) start their own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,17 @@ def test_client_credentials_give_the_reconciler_a_short_crm_token(server: FleetS
     assert claims["exp"] - claims["iat"] == 120
     assert "act" not in claims
     assert "tenant" not in claims
+
+
+def test_concurrent_rs256_tokens_are_signed_on_the_native_threads(server: FleetServer) -> None:
+    # `fleetid serve` hands RS256 signatures to native threads; many at once must each come
+    # back whole, under the key the JWKS publishes.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = list(pool.map(lambda _: server.client_credentials(RECONCILER), range(40)))
+
+    for token in tokens:
+        assert server.verify(token["access_token"], audience=CRM)["sub"] == RECONCILER
+    assert server.wait_for_log(r"key \S+ signs on \d+ native thread")
 
 
 def test_exchanging_a_token_issued_to_another_agent_is_refused(

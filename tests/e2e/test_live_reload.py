@@ -295,8 +295,9 @@ def test_a_key_rotation_is_adopted_without_a_restart(server: FleetServer) -> Non
     published_before = {key["kid"] for key in http.get(server.metadata["jwks_uri"]).json()["keys"]}
     issued_before = server.client_credentials(RECONCILER)
 
+    # Forced: the server started seconds ago, so its next key is younger than a JWKS cache.
     rotated = server.cli(
-        "keys", "rotate", "--fleet", str(server.fleet), "--state", str(server.state)
+        "keys", "rotate", "--force", "--fleet", str(server.fleet), "--state", str(server.state)
     )
     assert rotated.returncode == 0, rotated.stderr
 

@@ -118,6 +118,17 @@ def test_a_delegation_is_audited_with_its_act_chain_and_jti(server: Server) -> N
     assert line["agent"] == SALES
     assert line["act"] == [SALES]
     assert line["jti"] == claims_of(delegated.json()["access_token"])["jti"]
+    assert (line["subject"], line["tenant"]) == ("bob", "acme")
+    assert line["revision"] == server.revision.hash
+
+
+def test_a_sign_in_token_is_audited_with_its_person_and_revision(server: Server) -> None:
+    tokens = server.tokens_for(SALES, "bob", scope="openid")
+
+    [line] = _events(server, "sign_in_token_issued")
+    assert (line["agent"], line["subject"], line["tenant"]) == (SALES, "bob", "acme")
+    assert line["revision"] == server.revision.hash
+    assert line["jti"] == claims_of(tokens["access_token"])["jti"]
 
 
 def test_every_audit_line_also_goes_to_the_audit_logger(

@@ -20,6 +20,7 @@ from serverkit import (
     claims_of,
     new_verifier,
     oauth_error,
+    redirect_parameters,
     s256,
 )
 
@@ -183,3 +184,28 @@ def test_a_resource_not_consented_at_redemption_is_invalid_target(server: Server
     response = server.redeem(authorization, resource=TOOLS)
 
     assert oauth_error(response) == "invalid_target"
+
+
+def test_auth_time_is_when_the_person_signed_in_not_when_they_consented(
+    server: Server,
+) -> None:
+    # OIDC Core §2: auth_time is "the time when the End-User authentication occurred".
+    interaction, verifier = server.start(SALES, scope="openid crm:read", resources=[CRM])
+    signed_in_at = int(server.clock())
+    server.sign_in(interaction, "bob")
+    server.clock.advance(300)
+    location = server.consent(interaction).headers["location"]
+    code = redirect_parameters(location)["code"]
+
+    body = server.token(
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT[SALES],
+            "code_verifier": verifier,
+        },
+        agent=SALES,
+    ).json()
+
+    auth_time = claims_of(body["id_token"])["auth_time"]
+    assert signed_in_at <= auth_time <= signed_in_at + 5

@@ -1,13 +1,18 @@
 """The authorization endpoint (RFC 6749 §4.1.1-4.1.2, OAuth 2.1, RFC 9207), its sign-in and
 consent steps.
 
-Until the client and its redirect URI are known to be genuine, an error is a page and never
-a redirect (RFC 6749 §4.1.2.1); after that it goes back to the client with `state` and
-`iss`. The interaction is bound to the browser that started it by a cookie and is
-answered once.
+The request is a query (GET) or a form (POST, OIDC Core §3.1.2.1). Until the client and
+its redirect URI are known to be genuine, an error is a page and never a redirect (RFC 6749
+§4.1.2.1); after that it goes back to the client with `state` and `iss`. The interaction is
+bound to the browser that started it by a cookie, signed in to once and answered once; a
+resource on which nothing can be granted never yields a code (RFC 8707 §2). No page may be
+framed (RFC 9700 §4.16).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -18,7 +23,10 @@ from serverkit import (
     REDIRECT,
     SALES,
     SUPPORT,
+    TOOLS,
+    Authorization,
     Server,
+    claims_of,
     interaction_of,
     new_verifier,
     redirect_parameters,
@@ -26,6 +34,11 @@ from serverkit import (
 )
 
 from fleetid.server.authorize import INTERACTION_COOKIE
+from fleetid.server.context import MAX_BODY_BYTES
+from fleetid.server.grants.authorization_code import CODE_NAMESPACE
+from fleetid.server.issuance import GRANT_NAMESPACE
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def _query(server: Server, agent: str = SALES, **changes: str | None) -> list[tuple[str, str]]:
@@ -54,6 +67,20 @@ def _assert_redirected_error(response: httpx.Response, agent: str, error: str) -
     assert parameters["iss"] == ISSUER
     assert "code" not in parameters
     return parameters
+
+
+def _assert_not_framable(response: httpx.Response) -> None:
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+def _post(server: Server, query: Sequence[tuple[str, str]]) -> httpx.Response:
+    return server.client.post("/authorize", content=urlencode(list(query)).encode(), headers=FORM)
+
+
+def _codes_and_grants(server: Server) -> int:
+    store = server.context.store
+    return sum(1 for namespace in (CODE_NAMESPACE, GRANT_NAMESPACE) for _ in store.scan(namespace))
 
 
 # -- errors shown as a page ---------------------------------------------------------------
@@ -169,6 +196,208 @@ def test_an_error_without_state_is_redirected_without_state(server: Server) -> N
 
     parameters = _assert_redirected_error(response, SALES, "unsupported_response_type")
     assert "state" not in parameters
+
+
+@pytest.mark.parametrize(
+    ("challenge", "wrong"),
+    [
+        ("é" * 43, "base64url"),
+        ("\uff41" * 43, "base64url"),
+        ("+/" + "A" * 41, "base64url"),
+        ("A" * 42 + "\n", "base64url"),
+        ("A" * 42 + "=", "base64url"),
+        (s256("a" * 43) + "=", "43 characters"),
+        ("A" * 42, "43 characters"),
+        ("A" * 44, "43 characters"),
+        (new_verifier(), "43 characters"),
+        ("A" * 128, "43 characters"),
+    ],
+    ids=[
+        "non-ascii",
+        "fullwidth",
+        "base64-not-url",
+        "newline",
+        "padding-char",
+        "padded",
+        "42",
+        "44",
+        "verifier-sized",
+        "128",
+    ],
+)
+def test_a_challenge_that_is_no_s256_digest_is_invalid_request(
+    server: Server, challenge: str, wrong: str
+) -> None:
+    # RFC 7636 §4.2: code_challenge = BASE64URL-ENCODE(SHA256(ASCII(code_verifier))).
+    response = server.client.get("/authorize", params=_query(server, code_challenge=challenge))
+
+    parameters = _assert_redirected_error(response, SALES, "invalid_request")
+    assert parameters["state"] == "state-1"
+    assert "code_challenge" in parameters["error_description"]
+    assert wrong in parameters["error_description"]
+    assert parameters["error_description"].isascii()
+
+
+@pytest.mark.parametrize(
+    ("parameter", "error"),
+    [("request", "request_not_supported"), ("request_uri", "request_uri_not_supported")],
+)
+def test_a_request_object_is_refused_as_not_supported(
+    server: Server, parameter: str, error: str
+) -> None:
+    value = "eyJhbGciOiJub25lIn0.e30." if parameter == "request" else "https://rp.example/r"
+
+    response = server.client.get("/authorize", params=[*_query(server), (parameter, value)])
+
+    parameters = _assert_redirected_error(response, SALES, error)
+    assert parameters["state"] == "state-1"
+
+
+def test_discovery_says_request_objects_are_not_supported(server: Server) -> None:
+    metadata = server.client.get("/.well-known/openid-configuration").json()
+
+    assert metadata["request_parameter_supported"] is False
+    # OIDC Discovery: request_uri_parameter_supported defaults to true when left out.
+    assert metadata["request_uri_parameter_supported"] is False
+
+
+def test_prompt_none_is_login_required_because_no_session_is_kept(server: Server) -> None:
+    response = server.client.get("/authorize", params=_query(server, prompt="none"))
+
+    parameters = _assert_redirected_error(response, SALES, "login_required")
+    assert parameters["state"] == "state-1"
+    assert INTERACTION_COOKIE not in server.client.cookies
+
+
+def test_prompt_none_on_an_invalid_request_reports_what_is_invalid(server: Server) -> None:
+    response = server.client.get(
+        "/authorize", params=_query(server, prompt="none", code_challenge=None)
+    )
+
+    _assert_redirected_error(response, SALES, "invalid_request")
+
+
+@pytest.mark.parametrize("prompt", ["none login", "consent none", "bogus", "login bogus"])
+def test_an_undefined_or_contradictory_prompt_is_invalid_request(
+    server: Server, prompt: str
+) -> None:
+    response = server.client.get("/authorize", params=_query(server, prompt=prompt))
+
+    parameters = _assert_redirected_error(response, SALES, "invalid_request")
+    assert "prompt" in parameters["error_description"]
+    assert parameters["state"] == "state-1"
+
+
+@pytest.mark.parametrize("prompt", ["login", "consent", "select_account", "login consent", ""])
+def test_a_prompt_for_sign_in_or_consent_shows_sign_in(server: Server, prompt: str) -> None:
+    response = server.client.get("/authorize", params=_query(server, prompt=prompt))
+
+    assert response.status_code == 200, response.headers.get("location")
+    assert interaction_of(response.text)
+
+
+# -- resources on which nothing can be granted --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("agent", "scope"),
+    [
+        (FINANCE, "openid"),
+        (FINANCE, "openid crm:read"),
+        (SALES, "openid tools:search"),
+        (SUPPORT, "openid crm:write"),
+    ],
+    ids=["agent-has-no-scope-there", "ditto-asked-by-name", "scope-of-another", "not-listed"],
+)
+def test_a_resource_the_agent_may_get_nothing_on_is_invalid_target_before_sign_in(
+    server: Server, agent: str, scope: str
+) -> None:
+    query = server.authorize_query(agent, scope=scope, resources=[CRM], verifier=new_verifier())
+
+    response = server.client.get("/authorize", params=query)
+
+    parameters = _assert_redirected_error(response, agent, "invalid_target")
+    assert parameters["state"] == "state-1"
+    assert CRM in parameters["error_description"]
+    assert INTERACTION_COOKIE not in server.client.cookies
+
+
+@pytest.mark.parametrize(
+    ("user", "reason"),
+    [
+        ("bob", "the user holds none of the roles"),
+        ("alice", "needs a person's approval"),
+    ],
+)
+def test_a_resource_the_policy_grants_the_user_nothing_on_offers_no_allow(
+    server: Server, user: str, reason: str
+) -> None:
+    interaction, _ = server.start(SALES, scope="openid crm:write", resources=[CRM])
+
+    response = server.post_form("/authorize/sign-in", {"interaction": interaction, "user": user})
+
+    assert response.status_code == 200
+    assert "Allow access?" not in response.text
+    assert 'value="allow"' not in response.text
+    assert "Nothing can be granted on it" in response.text
+    assert f"crm:write: {reason}" in response.text.replace("&#x27;", "'")
+    assert 'value="return"' in response.text
+
+
+def test_returning_from_a_page_with_nothing_to_allow_is_invalid_target(server: Server) -> None:
+    interaction, _ = server.start(SALES, scope="openid crm:write", resources=[CRM])
+    server.sign_in(interaction, "bob")
+
+    response = server.consent(interaction, "return")
+
+    parameters = _assert_redirected_error(response, SALES, "invalid_target")
+    assert parameters["state"] == "state-1"
+    description = parameters["error_description"]
+    assert CRM in description
+    assert "crm:write: the user holds none of the roles" in description
+    assert _codes_and_grants(server) == 0
+    [line] = [event for event in server.audit() if event["event"] == "consent_refused"]
+    assert line["resource"] == "crm"
+    assert line["granted"] == []
+
+
+def test_allow_posted_anyway_yields_no_code_on_a_resource_with_nothing_granted(
+    server: Server,
+) -> None:
+    interaction, _ = server.start(SALES, scope="openid crm:write", resources=[CRM])
+    server.sign_in(interaction, "bob")
+
+    response = server.consent(interaction, "allow")
+
+    _assert_redirected_error(response, SALES, "invalid_target")
+    assert _codes_and_grants(server) == 0
+
+
+def test_nothing_granted_on_one_of_two_named_resources_yields_no_code(server: Server) -> None:
+    interaction, _ = server.start(
+        SALES, scope="openid crm:write tools:search", resources=[CRM, TOOLS]
+    )
+    page = server.post_form("/authorize/sign-in", {"interaction": interaction, "user": "bob"})
+
+    response = server.consent(interaction, "allow")
+
+    assert 'value="allow"' not in page.text
+    assert "<h2>crm</h2>" in page.text
+    assert "<h2>tools</h2>" not in page.text
+    parameters = _assert_redirected_error(response, SALES, "invalid_target")
+    assert CRM in parameters["error_description"]
+    assert TOOLS not in parameters["error_description"]
+
+
+def test_a_partly_granted_resource_still_gets_a_code(server: Server) -> None:
+    authorization = server.authorize(
+        SALES, "bob", scope="openid crm:read crm:write", resources=[CRM]
+    )
+
+    response = server.redeem(authorization)
+
+    assert response.status_code == 200, response.text
+    assert claims_of(response.json()["access_token"])["scope"] == "crm:read"
 
 
 # -- the interaction ----------------------------------------------------------------------
@@ -307,7 +536,147 @@ def test_an_interaction_expires(server: Server) -> None:
     assert response.status_code == 400
 
 
-def test_the_authorization_endpoint_does_not_accept_post(server: Server) -> None:
-    response = server.client.post("/authorize", data=dict(_query(server)))
+def test_an_interaction_is_signed_in_to_once(server: Server) -> None:
+    interaction, verifier = server.start(SALES, scope="openid crm:read", resources=[CRM])
+    server.sign_in(interaction, "bob")
 
-    assert response.status_code == 405
+    again = server.post_form("/authorize/sign-in", {"interaction": interaction, "user": "alice"})
+
+    assert again.status_code == 409
+    assert "already signed in" in again.text
+    location = server.consent(interaction).headers["location"]
+    authorization = Authorization(
+        SALES, REDIRECT[SALES], verifier, location, redirect_parameters(location)
+    )
+    tokens = server.redeem(authorization).json()
+    assert claims_of(tokens["access_token"])["sub"] == "acme:bob"
+
+
+def test_a_failed_sign_in_can_be_tried_again(server: Server) -> None:
+    interaction, _ = server.start(SALES, scope="openid crm:read", resources=[CRM])
+    failed = server.post_form("/authorize/sign-in", {"interaction": interaction, "user": "nobody"})
+
+    server.sign_in(interaction, "bob")
+
+    assert failed.status_code == 400
+
+
+# -- framing ------------------------------------------------------------------------------
+
+
+def test_no_page_of_the_interaction_may_be_framed(server: Server) -> None:
+    sign_in_page = server.client.get("/authorize", params=_query(server))
+    interaction = interaction_of(sign_in_page.text)
+    failed = server.post_form("/authorize/sign-in", {"interaction": interaction, "user": "nobody"})
+    consent_page = server.post_form(
+        "/authorize/sign-in", {"interaction": interaction, "user": "bob"}
+    )
+    error_page = server.client.get("/authorize", params=_query(server, client_id="nobody"))
+
+    for page in (sign_in_page, failed, consent_page, error_page):
+        assert page.headers["content-type"].startswith("text/html")
+        _assert_not_framable(page)
+
+
+# -- POST ---------------------------------------------------------------------------------
+
+
+def test_the_authorization_endpoint_accepts_post(server: Server) -> None:
+    # OIDC Core §3.1.2.1: the authorization endpoint MUST support GET and POST.
+    response = _post(server, _query(server))
+
+    assert response.status_code == 200
+
+
+def test_a_posted_request_shows_sign_in_and_binds_a_cookie(server: Server) -> None:
+    response = _post(server, _query(server))
+
+    assert response.status_code == 200, response.text
+    interaction = interaction_of(response.text)
+    assert server.client.cookies.get(INTERACTION_COOKIE) == interaction
+    _assert_not_framable(response)
+
+
+def test_a_posted_request_leads_to_a_redeemable_code(server: Server) -> None:
+    verifier = new_verifier()
+    query = server.authorize_query(
+        SALES, scope="openid crm:read", resources=[CRM], verifier=verifier
+    )
+    interaction = interaction_of(_post(server, query).text)
+    server.sign_in(interaction, "bob")
+    parameters = redirect_parameters(server.consent(interaction).headers["location"])
+
+    response = server.token(
+        {
+            "grant_type": "authorization_code",
+            "code": parameters["code"],
+            "redirect_uri": REDIRECT[SALES],
+            "code_verifier": verifier,
+        },
+        agent=SALES,
+    )
+
+    assert response.status_code == 200, response.text
+    assert claims_of(response.json()["access_token"])["aud"] == CRM
+
+
+def test_a_posted_request_reads_the_body_not_the_query(server: Server) -> None:
+    response = server.client.post(
+        "/authorize",
+        params={"response_type": "token"},
+        content=urlencode(_query(server)).encode(),
+        headers=FORM,
+    )
+
+    assert response.status_code == 200, response.headers.get("location")
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"code_challenge": "é" * 43}, "invalid_request"),
+        ({"prompt": "none"}, "login_required"),
+        ({"request_uri": "https://rp.example/r"}, "request_uri_not_supported"),
+        ({"resource": "https://evil.example.com"}, "invalid_target"),
+    ],
+)
+def test_a_posted_invalid_request_is_redirected_with_error_state_and_iss(
+    server: Server, changes: dict[str, str], error: str
+) -> None:
+    response = _post(server, _query(server, **changes))
+
+    parameters = _assert_redirected_error(response, SALES, error)
+    assert parameters["state"] == "state-1"
+
+
+def test_a_posted_unregistered_redirect_uri_gets_an_error_page(server: Server) -> None:
+    response = _post(server, _query(server, redirect_uri="https://evil.example.com/cb"))
+
+    _assert_error_page(response)
+    assert "The redirect URI is not registered for this client." in response.text
+
+
+@pytest.mark.parametrize(
+    ("content_type", "extra"),
+    [
+        ("application/json", b""),
+        (FORM["Content-Type"], b"&pad=" + b"x" * MAX_BODY_BYTES),
+        (FORM["Content-Type"], b"&nonce=%FF"),
+        (FORM["Content-Type"], b"&client_id=" + SUPPORT.encode()),
+        (FORM["Content-Type"], b"&state=again"),
+    ],
+    ids=["json", "too-large", "not-utf8", "client-id-twice", "state-twice"],
+)
+def test_a_posted_body_that_cannot_be_read_gets_an_error_page(
+    server: Server, content_type: str, extra: bytes
+) -> None:
+    # Nothing in a body that cannot be parsed is trusted, the redirect URI least of all.
+    body = urlencode(_query(server)).encode() + extra
+
+    response = server.client.post(
+        "/authorize", content=body, headers={"Content-Type": content_type}
+    )
+
+    _assert_error_page(response)
+    _assert_not_framable(response)

@@ -9,23 +9,31 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from serverkit import (
     CLIENT_CREDENTIALS,
     ISSUER,
     KEYED,
+    KEYED_KID,
     POSTER,
     RECONCILER,
     SALES,
     TOKEN_ENDPOINT,
     Server,
     claims_of,
+    compile_fleet,
+    fleet_document,
     oauth_error,
+    public_jwk,
+    write_fleet,
 )
 
 GRANT = {"grant_type": CLIENT_CREDENTIALS}
@@ -383,6 +391,112 @@ def test_an_assertion_expired_by_the_servers_clock_is_invalid_client(server: Ser
     server.clock.advance(3600)
 
     response = server.token({**GRANT, **server.assertion_form(assertion)})
+
+    _assert_invalid_client(response)
+
+
+# -- which algorithms a registered key accepts --------------------------------------------
+
+
+def _register_keys(server: Server, folder: Path, *keys: dict[str, Any]) -> None:
+    """Make the live revision give keyed-agent these JWKs."""
+    document = fleet_document(server.signer)
+    document["agents"][KEYED]["jwks"] = {"keys": list(keys)}
+    revision = compile_fleet(write_fleet(folder / "fleet-keys", document))
+    server.context.live.switch(revision)
+    assert server.revision.hash == revision.hash
+
+
+def _signed(server: Server, key: Any, algorithm: str) -> str:
+    now = int(server.clock())
+    claims = {
+        "iss": KEYED,
+        "sub": KEYED,
+        "aud": TOKEN_ENDPOINT,
+        "iat": now,
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": KEYED_KID})
+
+
+def _without_alg(jwk: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in jwk.items() if name != "alg"}
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "PS256"])
+def test_an_rsa_key_without_alg_accepts_each_advertised_rsa_algorithm(
+    server: Server, tmp_path: Path, algorithm: str
+) -> None:
+    # Discovery advertises PS256 for private_key_jwt: an RSA key that pins nothing takes it.
+    _register_keys(server, tmp_path, _without_alg(public_jwk(server.signer)))
+
+    response = server.token(
+        {**GRANT, **server.assertion_form(_signed(server, server.signer, algorithm))}
+    )
+
+    assert response.status_code == 200, response.text
+    assert (
+        algorithm
+        in server.client.get("/.well-known/openid-configuration").json()[
+            "token_endpoint_auth_signing_alg_values_supported"
+        ]
+    )
+
+
+@pytest.mark.parametrize(("pinned", "other"), [("RS256", "PS256"), ("PS256", "RS256")])
+def test_a_key_that_declares_its_alg_accepts_that_one_only(
+    server: Server, tmp_path: Path, pinned: str, other: str
+) -> None:
+    _register_keys(server, tmp_path, {**public_jwk(server.signer), "alg": pinned})
+
+    accepted = server.token(
+        {**GRANT, **server.assertion_form(_signed(server, server.signer, pinned))}
+    )
+    refused = server.token(
+        {**GRANT, **server.assertion_form(_signed(server, server.signer, other))}
+    )
+
+    assert accepted.status_code == 200, accepted.text
+    _assert_invalid_client(refused)
+
+
+def test_an_ec_p256_key_without_alg_accepts_es256(server: Server, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    _register_keys(server, tmp_path, {**jwk, "kid": KEYED_KID, "use": "sig"})
+
+    response = server.token({**GRANT, **server.assertion_form(_signed(server, key, "ES256"))})
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("declared", ["RS384", "HS256", "none"])
+def test_a_key_that_declares_an_unadvertised_alg_verifies_nothing(
+    server: Server, tmp_path: Path, declared: str
+) -> None:
+    _register_keys(server, tmp_path, {**public_jwk(server.signer), "alg": declared})
+    algorithm = "RS384" if declared == "RS384" else "RS256"
+
+    response = server.token(
+        {**GRANT, **server.assertion_form(_signed(server, server.signer, algorithm))}
+    )
+
+    _assert_invalid_client(response)
+
+
+def test_an_unsigned_assertion_is_refused_by_a_key_without_alg(
+    server: Server, tmp_path: Path
+) -> None:
+    _register_keys(server, tmp_path, _without_alg(public_jwk(server.signer)))
+    unsigned = jwt.encode(
+        jwt.decode(_signed(server, server.signer, "RS256"), options={"verify_signature": False}),
+        None,
+        algorithm="none",
+        headers={"kid": KEYED_KID},
+    )
+
+    response = server.token({**GRANT, **server.assertion_form(unsigned)})
 
     _assert_invalid_client(response)
 

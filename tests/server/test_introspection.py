@@ -9,7 +9,17 @@ token of someone else's) is `{"active": false}` and nothing more.
 from __future__ import annotations
 
 import pytest
-from serverkit import CRM, FINANCE, RECONCILER, SALES, SUPPORT, Server, agent_urn, oauth_error
+from serverkit import (
+    CRM,
+    FINANCE,
+    RECONCILER,
+    SALES,
+    SUPPORT,
+    Server,
+    agent_urn,
+    claims_of,
+    oauth_error,
+)
 
 INACTIVE = {"active": False}
 
@@ -127,3 +137,10 @@ def test_introspection_requires_client_authentication(server: Server) -> None:
     assert response.status_code == 401
     assert oauth_error(response) == "invalid_client"
     assert "www-authenticate" in response.headers
+
+
+def test_a_token_is_inactive_from_the_second_it_expires(server: Server) -> None:
+    token = server.machine_token(RECONCILER)
+    server.clock.advance(claims_of(token)["exp"] - server.clock())
+
+    assert server.introspect(RECONCILER, token) == INACTIVE

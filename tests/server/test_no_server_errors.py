@@ -10,6 +10,7 @@ interaction ids over any length, past the store's key limit.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 from urllib.parse import urlencode
@@ -300,3 +301,46 @@ def test_an_oversized_interaction_id_is_an_error_page(server: Server, path: str)
     )
 
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize("path", POST_ENDPOINTS)
+def test_a_client_that_leaves_mid_body_is_not_a_server_failure(
+    server: Server, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    messages: list[dict[str, Any]] = []
+    arrivals = iter(
+        [
+            {"type": "http.request", "body": b"token=abc", "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return next(arrivals)
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", b"100"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8787),
+    }
+
+    asyncio.run(server.app(scope, receive, send))
+
+    statuses = [m["status"] for m in messages if m["type"] == "http.response.start"]
+    assert 500 not in statuses
+    assert "unexpected failure" not in caplog.text

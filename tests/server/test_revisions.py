@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +35,7 @@ from serverkit import (
 import fleetid.server.issuance
 from fleetid.fleet.compile import Revision
 from fleetid.keys import LocalKeyFile
+from fleetid.keys.ring import JWKS_MAX_AGE
 from fleetid.server.context import LiveRevision
 from fleetid.server.local import LocalState, RevisionWatcher
 
@@ -183,8 +185,10 @@ def test_a_rotation_by_another_process_is_adopted_by_the_running_server(server: 
     old_token = server.machine_token(RECONCILER)
     assert watcher.check_keys() is False
 
-    # What `fleetid keys rotate` does, from its own process: its own custody of the file.
-    LocalKeyFile(state.keys).rotate(max_token_lifetime=3600)
+    # What `fleetid keys rotate` does, from its own process: its own custody of the file,
+    # once the next key has been published as long as verifiers cache the JWKS.
+    later = LocalKeyFile(state.keys, clock=lambda: time.time() + JWKS_MAX_AGE)
+    later.rotate(max_token_lifetime=3600)
 
     assert watcher.check_keys() is True
     after = _kid(server.machine_token(RECONCILER))

@@ -24,6 +24,7 @@ from serverkit import (
     TOKEN_EXCHANGE,
     TOOLS,
     Server,
+    claims_of,
     oauth_error,
 )
 
@@ -169,7 +170,6 @@ def test_resource_repeated_with_the_same_resource_names_one_resource(server: Ser
         "https://crm.acme.example.com/",
         "HTTPS://CRM.ACME.EXAMPLE.COM",
         "urn:fleetid:agent:nobody",
-        "",
     ],
 )
 def test_an_unknown_resource_is_invalid_target(server: Server, resource: str) -> None:
@@ -374,3 +374,64 @@ def test_a_stored_challenge_that_is_not_base64url_fails_the_code_not_the_server(
 
     assert response.status_code == 400
     assert oauth_error(response) == "invalid_grant"
+
+
+def test_parameters_sent_without_a_value_count_as_omitted(server: Server) -> None:
+    # RFC 6749 §3.1: "Parameters sent without a value MUST be treated as if they were
+    # omitted from the request": an empty client_secret beside Basic is not a second
+    # authentication method, and an empty resource or scope leaves the defaults.
+    form = {
+        "grant_type": CLIENT_CREDENTIALS,
+        "client_secret": "",
+        "client_assertion": "",
+        "client_id": "",
+        "resource": "",
+        "scope": "",
+    }
+
+    response = server.token(form, agent=RECONCILER)
+
+    assert response.status_code == 200, response.text
+    assert claims_of(response.json()["access_token"])["aud"] == CRM
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "crm:read\u00a0crm:write",
+        "crm:read\tcrm:write",
+        "crm:read\ncrm:write",
+        "crm:read  crm:write",
+        " ",
+    ],
+)
+def test_a_scope_that_breaks_the_grammar_is_invalid_scope(server: Server, scope: str) -> None:
+    # RFC 6749 §3.3: scope-tokens of printable ASCII, delimited by single spaces.
+    form = {"grant_type": CLIENT_CREDENTIALS, "resource": CRM, "scope": scope}
+
+    response = server.token(form, agent=RECONCILER)
+
+    assert oauth_error(response) == "invalid_scope"
+
+
+def test_a_credential_pasted_as_a_scope_is_not_repeated(server: Server) -> None:
+    secret = server.secret(RECONCILER)
+    server.machine_token(RECONCILER, CRM)
+    form = {"grant_type": CLIENT_CREDENTIALS, "resource": CRM, "scope": f"crm:read {secret}"}
+
+    response = server.token(form, agent=RECONCILER)
+
+    assert oauth_error(response) == "invalid_scope"
+    assert secret not in response.text
+    assert secret not in server.audit_path.read_text()
+
+
+def test_a_resource_the_agent_lists_no_scopes_on_says_so(server: Server) -> None:
+    response = server.token(
+        {"grant_type": CLIENT_CREDENTIALS, "resource": TOOLS}, agent=RECONCILER
+    )
+
+    assert oauth_error(response) == "invalid_scope"
+    description = response.json()["error_description"]
+    assert "lists no scopes" in description
+    assert not description.startswith(":")

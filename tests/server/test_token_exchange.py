@@ -383,3 +383,40 @@ def test_a_subject_token_of_another_issuer_is_invalid_grant(server: Server) -> N
     response = server.exchange(RECONCILER, foreign, CRM)
 
     assert oauth_error(response) == "invalid_grant"
+
+
+def test_the_agent_that_delegated_a_token_cannot_spend_it_itself(server: Server) -> None:
+    delegated = _delegate(server, _sign_in_token(server), SUPPORT)
+
+    response = server.exchange(SALES, delegated, CRM)
+
+    assert oauth_error(response) == "invalid_grant"
+    assert response.json()["error_description"].endswith(f"it is addressed to {SUPPORT}")
+
+
+def test_an_agent_exchanging_again_does_not_lengthen_the_actor_chain(server: Server) -> None:
+    token = _sign_in_token(server)
+    for _ in range(4):
+        response = server.exchange(SALES, token, CRM, scope="crm:read")
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+
+    assert claims_of(token)["act"] == {"sub": SALES}
+
+
+def test_scopes_asked_for_a_token_addressed_to_an_agent_are_invalid_scope(
+    server: Server,
+) -> None:
+    response = server.exchange(SALES, _sign_in_token(server), agent_urn(SUPPORT), scope="crm:read")
+
+    assert oauth_error(response) == "invalid_scope"
+
+
+def test_a_subject_token_is_refused_from_the_second_it_expires(server: Server) -> None:
+    # RFC 7519 §4.1.4: not accepted on or after exp; the issuer allows itself no leeway.
+    subject = _sign_in_token(server)
+    server.clock.advance(claims_of(subject)["exp"] - server.clock())
+
+    response = server.exchange(SALES, subject, CRM)
+
+    assert oauth_error(response) == "invalid_grant"

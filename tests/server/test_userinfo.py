@@ -56,6 +56,29 @@ def test_claims_follow_the_consented_scopes(server: Server) -> None:
     assert response.json() == {"sub": "acme:alice", "tenant": "acme"}
 
 
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        ("openid", {}),
+        ("openid profile", {"name": "Alice Moreau"}),
+        ("openid email", {"email": "alice@acme.example.com"}),
+    ],
+)
+def test_claims_follow_the_scopes_of_the_token_not_of_the_sign_in(
+    server: Server, scope: str, expected: dict[str, str]
+) -> None:
+    # OIDC Core §5.4: the scopes associated with the access token decide what it reveals.
+    tokens = server.tokens_for(SALES, "alice", scope="openid profile email")
+    refreshed = server.refresh(SALES, tokens["refresh_token"], scope=scope)
+    assert refreshed.status_code == 200, refreshed.text
+    token = refreshed.json()["access_token"]
+
+    response = server.client.get("/userinfo", headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"sub": "acme:alice", "tenant": "acme", **expected}
+
+
 def test_no_token_gets_a_challenge_without_an_error_code(server: Server) -> None:
     response = server.client.get("/userinfo")
 

@@ -7,41 +7,15 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clikit import Run
 
 from fleetid import cli
 from fleetid.fleet.compile import Revision
 from fleetid.fleet.jsonschema import rendered
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def output(self) -> str:
-        return self.out + self.err
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
-    def invoke(*args: str | Path) -> Run:
-        code = 0
-        try:
-            cli.main([str(arg) for arg in args])
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        captured = capsys.readouterr()
-        assert "Traceback" not in captured.out + captured.err
-        return Run(code, captured.out, captured.err)
-
-    return invoke
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from clikit import Run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetid import cli
 from fleetid.fleet.compile import Revision, compile_fleet, compile_sources
 from fleetid.fleet.diff import (
     MARKDOWN_LIST_ITEMS,
@@ -1279,27 +1279,6 @@ def test_machine_access_has_a_null_tenant_and_sorts_first(tmp_path: Path) -> Non
 
 
 # -- The command line ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
-    def invoke(*args: str | Path) -> Run:
-        code = 0
-        try:
-            cli.main([str(arg) for arg in args])
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return invoke
 
 
 def two_fleets(tmp_path: Path, *edits: Edit) -> tuple[Path, Path]:

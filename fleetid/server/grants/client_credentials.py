@@ -6,8 +6,13 @@ from typing import Any
 
 from fleetid.fleet.compile import Revision
 from fleetid.server.context import ServerContext
-from fleetid.server.errors import InvalidTarget
-from fleetid.server.issuance import TokenRequest, issue_for_resource, resolve_target
+from fleetid.server.errors import InvalidScope, InvalidTarget
+from fleetid.server.issuance import (
+    TokenRequest,
+    issue_for_resource,
+    requested_scopes,
+    resolve_target,
+)
 
 __all__ = ["GRANT_TYPE", "client_credentials"]
 
@@ -35,16 +40,22 @@ async def client_credentials(context: ServerContext, request: TokenRequest) -> d
     target = resolve_target(revision, targets)
     if target is not None and target.resource is None:
         raise InvalidTarget(
-            "client credentials are for resources; connections are fetched by token exchange"
+            "client credentials are for resources; connections and tokens for other agents "
+            "are obtained by token exchange"
         )
     resource = target.resource if target else default_resource(revision, client.client_id)
     assert resource is not None
 
-    scopes = tuple(form.get("scope", "").split())
+    scopes = requested_scopes(revision, form)
     if not scopes:
         # RFC 6749 §3.3: when scope is omitted the server uses a pre-defined default;
         # here, everything the agent may ever request on that resource.
         scopes = tuple(sorted(revision.agent_scopes.get((client.client_id, resource), ())))
+        if not scopes:
+            raise InvalidScope(
+                f"fleet.yaml lists no scopes on resource {resource} for agent "
+                f"{client.client_id}: there is nothing it may request there"
+            )
 
     issued = await issue_for_resource(
         context,

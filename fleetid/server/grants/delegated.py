@@ -15,6 +15,7 @@ from fleetid.server.issuance import (
     Grant,
     Target,
     issue_for_resource,
+    requested_scopes,
     resolve_target,
     subject_claim,
 )
@@ -60,7 +61,7 @@ async def respond_for_grant(
     nonce: str | None = None,
 ) -> dict[str, Any]:
     target = _target(revision, grant, targets, remembered_resource)
-    requested = tuple(form.get("scope", "").split())
+    requested = requested_scopes(revision, form)
 
     if target.resource is not None:
         consent = grant.consent[target.resource]
@@ -122,6 +123,9 @@ async def _sign_in_token(
             time=context.clock(),
             event="sign_in_token_issued",
             agent=grant.client_id,
+            revision=revision.hash,
+            subject=grant.user,
+            tenant=grant.tenant,
             jti=claims["jti"],
             outcome=f"subject {claims['sub']}, scopes {' '.join(scopes) or '(none)'}",
         )

@@ -17,15 +17,21 @@ from starlette.concurrency import run_in_threadpool
 from fleetid.server.audit import audit_event
 from fleetid.server.connections import fetch_connection
 from fleetid.server.context import ServerContext
-from fleetid.server.errors import InvalidGrant, InvalidRequest, InvalidTarget
+from fleetid.server.errors import InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget
 from fleetid.server.issuance import (
     Target,
     TokenRequest,
     issue_for_resource,
+    requested_scopes,
     resolve_target,
 )
 from fleetid.server.revocation import NotLive, live_token
-from fleetid.server.tokens import ACCESS_TOKEN_TYPE, VerifiedToken, agent_audience
+from fleetid.server.tokens import (
+    ACCESS_TOKEN_TYPE,
+    AGENT_AUDIENCE_PREFIX,
+    VerifiedToken,
+    agent_audience,
+)
 
 __all__ = ["GRANT_TYPE", "token_exchange"]
 
@@ -76,7 +82,7 @@ async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[
 
     assert target.resource is not None
     grant = presented.grant
-    requested = tuple(form.get("scope", "").split())
+    requested = requested_scopes(revision, form)
     if grant is not None:
         consent = grant.consent.get(target.resource, ())
         issued = await issue_for_resource(
@@ -116,10 +122,18 @@ async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[
 
 
 def _check_addressed_to(subject: VerifiedToken, agent: str) -> None:
-    """The subject token must have been issued to the requesting agent, or for it."""
-    if subject.client_id == agent or subject.audience == agent_audience(agent):
-        return
-    raise InvalidGrant("the subject_token was issued to another agent")
+    """The subject token must be addressed to the requesting agent: a token for an agent
+    (its sign-in token, or one another agent delegated to it) names it in `aud`; any other
+    token of this server must have been issued to it."""
+    if subject.audience.startswith(AGENT_AUDIENCE_PREFIX):
+        if subject.audience == agent_audience(agent):
+            return
+        addressee = subject.audience.removeprefix(AGENT_AUDIENCE_PREFIX)
+        raise InvalidGrant(
+            f"the subject_token was issued to another agent: it is addressed to {addressee}"
+        )
+    if subject.client_id != agent:
+        raise InvalidGrant("the subject_token was issued to another agent")
 
 
 def _actor_chain(subject: VerifiedToken, agent: str) -> dict[str, Any] | None:
@@ -128,6 +142,10 @@ def _actor_chain(subject: VerifiedToken, agent: str) -> dict[str, Any] | None:
     if previous is None and subject.claims.get("sub") == agent:
         # An agent exchanging its own machine token acts for nobody but itself.
         return None
+    if isinstance(previous, Mapping) and previous.get("sub") == agent:
+        # The same agent acting again (exchanging a token it already acts in) is not a new
+        # step of delegation: the chain stays as it is instead of growing with each call.
+        return dict(previous)
     act: dict[str, Any] = {"sub": agent}
     if isinstance(previous, Mapping):
         act["act"] = dict(previous)
@@ -146,6 +164,13 @@ async def _for_agent(
     the person's consent."""
     assert target.agent is not None
     revision, client, now = request.revision, request.client, request.now
+    if request.form.get("scope"):
+        # RFC 8693 §2.2.1 lets the server issue other scopes than requested, but only by
+        # saying so; a token for an agent has none to say, so asking for some is refused.
+        raise InvalidScope(
+            f"a token for agent {target.agent} carries no scopes: that agent exchanges it "
+            "for the scopes it may hold"
+        )
     tenant = subject.claims.get("tenant")
     if isinstance(tenant, str) and tenant not in revision.agent_tenants.get(target.agent, ()):
         raise InvalidTarget(f"agent {target.agent} does not serve tenant {tenant}")
@@ -169,6 +194,12 @@ async def _for_agent(
             time=context.clock(),
             event="delegation_issued",
             agent=client.client_id,
+            revision=revision.hash,
+            # As decision events name people: the user, with the tenant beside it.
+            subject=str(subject.claims["sub"]).removeprefix(f"{tenant}:")
+            if isinstance(tenant, str)
+            else None,
+            tenant=tenant if isinstance(tenant, str) else None,
             jti=claims["jti"],
             act=act,
             outcome=f"token for agent {target.agent}",
