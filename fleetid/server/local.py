@@ -3,7 +3,8 @@
 Everything lives in the state folder, which is kept 0700: `store.sqlite3` (WAL, 0600),
 `keys.json` (the signing key ring, 0600, generated on first start), `clients.json` (the
 agents' client secrets, 0600, generated on first start and kept across restarts),
-`vault.key` (the connections vault's master key, 0600) and `audit.jsonl`. API keys of
+`vault.key` (the connections vault's master key, 0600), `serve.json` (the fleet file being
+served, which the other commands take as their default `--fleet`) and `audit.jsonl`. API keys of
 connections are read from their `{env: ...}` references at start and stored encrypted.
 
 There is one key ring per signing algorithm. `keys.json` holds the ring of the algorithm the
