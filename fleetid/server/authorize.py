@@ -35,7 +35,7 @@ from fleetid.server.errors import InvalidRequest
 from fleetid.server.grants.authorization_code import CODE_NAMESPACE
 from fleetid.server.issuance import GRANT_NAMESPACE, Grant
 from fleetid.server.metadata import OIDC_SCOPES
-from fleetid.server.signin import SignedInUser, SignInFailed, render_page
+from fleetid.server.signin import SignedInUser, SignInFailed, page_response, render_page
 from fleetid.server.tokens import digest, new_secret
 
 __all__ = ["INTERACTION_COOKIE", "authorize", "consent", "sign_in"]
@@ -52,7 +52,6 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 # OIDC Core §3.1.2.1 defines these; sign-in and consent are always shown, so `login`,
 # `consent` and `select_account` are honoured as they stand.
 _PROMPTS = frozenset({"none", "login", "consent", "select_account"})
-_PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 # The answer of a consent page that offers no Allow: back to the agent, told why.
 _RETURN = "return"
 
@@ -104,7 +103,7 @@ class _Interaction:
 
 
 def _page(content: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(content, status_code=status, headers=_PAGE_HEADERS)
+    return page_response(content, status)
 
 
 def _error_page(status: int, message: str) -> HTMLResponse:

@@ -40,7 +40,7 @@ from fleetid.server.errors import (
 )
 from fleetid.server.issuance import TokenRequest, refusal_description
 from fleetid.server.revocation import LiveToken
-from fleetid.server.signin import SignInFailed, render_page
+from fleetid.server.signin import SignInFailed, page_response, render_page
 from fleetid.vault import (
     ApiKeyMissing,
     LinkBroken,
@@ -108,7 +108,7 @@ def _audit(context: ServerContext, event: str, **fields: Any) -> None:
 
 
 def _page(title: str, message: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(render_page(title, f"<p>{html.escape(message)}</p>"), status_code=status)
+    return page_response(render_page(title, f"<p>{html.escape(message)}</p>"), status)
 
 
 async def start(context: ServerContext, request: Request, action: str) -> Response:
@@ -127,7 +127,7 @@ async def start(context: ServerContext, request: Request, action: str) -> Respon
         expires_at=int(context.clock()) + SESSION_LIFETIME,
     )
     page = context.signin.begin(revision, None, session, action="/connections/sign-in")
-    response = HTMLResponse(page.html)
+    response = page_response(page.html)
     response.set_cookie(
         SESSION_COOKIE,
         session,

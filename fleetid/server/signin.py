@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from starlette.responses import HTMLResponse
+
 from fleetid.fleet.compile import Revision
 
 __all__ = [
@@ -25,8 +27,13 @@ __all__ = [
     "SignInFailed",
     "SignInPage",
     "SignedInUser",
+    "page_response",
     "render_page",
 ]
+
+# RFC 9700 §4.16: the authorization server "MUST prevent clickjacking attacks": no page
+# of sign-in, consent or linking may be shown inside another site's frame.
+_PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +130,11 @@ def _tenants(revision: Revision, agent: str | None) -> frozenset[str]:
     if agent is None:
         return frozenset(revision.fleet.tenants)
     return revision.agent_tenants.get(agent, frozenset())
+
+
+def page_response(content: str, status: int = 200) -> HTMLResponse:
+    """An HTML page of the server, which no other site can frame."""
+    return HTMLResponse(content, status_code=status, headers=_PAGE_HEADERS)
 
 
 def render_page(title: str, body: str) -> str:

@@ -680,3 +680,13 @@ def test_a_posted_body_that_cannot_be_read_gets_an_error_page(
 
     _assert_error_page(response)
     _assert_not_framable(response)
+
+
+@pytest.mark.parametrize("name", ["google-calendar", "no-such-connection"])
+def test_the_pages_of_linking_a_connection_cannot_be_framed_either(
+    server: Server, name: str
+) -> None:
+    response = server.client.get(f"/connections/{name}/link")
+
+    assert response.headers["content-type"].startswith("text/html")
+    _assert_not_framable(response)

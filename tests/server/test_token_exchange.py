@@ -420,3 +420,12 @@ def test_a_subject_token_is_refused_from_the_second_it_expires(server: Server) -
     response = server.exchange(SALES, subject, CRM)
 
     assert oauth_error(response) == "invalid_grant"
+
+
+def test_an_actor_token_type_without_an_actor_token_is_invalid_request(server: Server) -> None:
+    response = server.exchange(
+        SALES, _sign_in_token(server), CRM, actor_token_type=ACCESS_TOKEN_TYPE
+    )
+
+    assert oauth_error(response) == "invalid_request"
+    assert "only with an actor_token" in response.json()["error_description"]

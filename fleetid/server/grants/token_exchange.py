@@ -55,6 +55,10 @@ async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[
         raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
     if "actor_token" in form:
         raise InvalidRequest("actor_token is not supported: the authenticated client is the actor")
+    if "actor_token_type" in form:
+        # RFC 8693 §2.1: actor_token_type "MUST be present if the actor_token parameter is
+        # present in the request but MUST NOT be included otherwise".
+        raise InvalidRequest("actor_token_type is given only with an actor_token")
     requested_type = form.get("requested_token_type")
     if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
         raise InvalidRequest(f"only {ACCESS_TOKEN_TYPE} can be issued")
