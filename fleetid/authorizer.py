@@ -19,9 +19,19 @@ import httpx
 import jwt
 
 from fleetid.fleet.compile import Revision
+from fleetid.login import server_reason, transport_problem
 from fleetid.server.tokens import agent_audience
 
-__all__ = ["AuthorizerConfig", "Verdict", "check_token", "inbound_authorizer"]
+__all__ = [
+    "AuthorizerConfig",
+    "IssuerKeys",
+    "IssuerUnreadable",
+    "Verdict",
+    "check_token",
+    "inbound_authorizer",
+    "judge_token",
+    "read_issuer",
+]
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 # The only signing algorithm AgentCore's custom JWT authorizer is known to accept.
@@ -54,13 +64,55 @@ class Verdict:
     claims: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _fetch_json(client: httpx.Client, url: str) -> dict[str, Any]:
-    response = client.get(url)
-    response.raise_for_status()
-    body = response.json()
-    if not isinstance(body, dict):
-        raise ValueError(f"{url} did not return a JSON object")
-    return body
+class IssuerUnreadable(Exception):
+    """The issuer's discovery document or JWKS could not be read; the message names the URL
+    and what went wrong. Nothing was said about the token."""
+
+
+@dataclass(frozen=True)
+class IssuerKeys:
+    """What the authorizer reads from the issuer: its `issuer` and its published keys."""
+
+    issuer: str
+    keys: jwt.PyJWKSet
+
+
+def read_issuer(config: AuthorizerConfig, *, client: httpx.Client | None = None) -> IssuerKeys:
+    """Fetch the discovery document and the JWKS it names, as the authorizer does, or raise
+    IssuerUnreadable."""
+    http = client or httpx.Client(timeout=10)
+    try:
+        discovery = _fetch_document(http, config.discovery_url, "discovery document")
+        jwks_uri = discovery.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise IssuerUnreadable(f"{config.discovery_url} names no jwks_uri")
+        jwks = _fetch_document(http, jwks_uri, "JWKS")
+    finally:
+        if client is None:
+            http.close()
+    try:
+        keys = jwt.PyJWKSet.from_dict(jwks)
+    except jwt.PyJWTError as exc:
+        raise IssuerUnreadable(f"the JWKS {jwks_uri} holds no usable key") from exc
+    return IssuerKeys(str(discovery.get("issuer")), keys)
+
+
+def _fetch_document(http: httpx.Client, url: str, what: str) -> dict[str, Any]:
+    try:
+        response = http.get(url)
+    except httpx.HTTPError as exc:
+        raise IssuerUnreadable(f"cannot reach {transport_problem(exc)}") from exc
+    if response.status_code != 200:
+        reason = server_reason(response)
+        said = f": {reason}" if reason else ""
+        raise IssuerUnreadable(f"the {what} {url} answered {response.status_code}{said}")
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise IssuerUnreadable(f"the {what} {url} is not a JSON object")
+    return document
 
 
 def check_token(
@@ -70,18 +122,24 @@ def check_token(
     client: httpx.Client | None = None,
     algorithms: Sequence[str] = AGENTCORE_ALGORITHMS,
 ) -> Verdict:
-    """Accept or reject `token` as the authorizer configured by `config` would."""
-    http = client or httpx.Client(timeout=10)
+    """Accept or reject `token` as the authorizer configured by `config` would; an issuer
+    whose documents cannot be read rejects every token, as the authorizer would."""
     try:
-        try:
-            discovery = _fetch_json(http, config.discovery_url)
-            keys = jwt.PyJWKSet.from_dict(_fetch_json(http, str(discovery["jwks_uri"])))
-        except (httpx.HTTPError, ValueError, KeyError, jwt.PyJWTError) as exc:
-            return Verdict(False, f"cannot read discovery or JWKS: {type(exc).__name__}")
-    finally:
-        if client is None:
-            http.close()
+        issuer = read_issuer(config, client=client)
+    except IssuerUnreadable as exc:
+        return Verdict(False, f"cannot read discovery or JWKS: {exc}")
+    return judge_token(token, config, issuer, algorithms=algorithms)
 
+
+def judge_token(
+    token: str,
+    config: AuthorizerConfig,
+    issuer: IssuerKeys,
+    *,
+    algorithms: Sequence[str] = AGENTCORE_ALGORITHMS,
+) -> Verdict:
+    """Accept or reject `token` against documents already read from its issuer."""
+    keys = issuer.keys
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -96,7 +154,7 @@ def check_token(
             token,
             matching[0].key,
             algorithms=list(algorithms),
-            issuer=str(discovery.get("issuer")),
+            issuer=issuer.issuer,
             options={"verify_aud": False, "require": ["exp", "iss"]},
         )
     except jwt.ExpiredSignatureError:
