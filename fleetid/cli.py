@@ -398,16 +398,13 @@ def _ring_problem(path: Path, exc: KeyCustodyError | OSError) -> str:
 
 def _load_ring(path: Path, algorithm: Algorithm) -> LocalKeyFile:
     """The key ring stored at `path`, loaded, or a failure naming the file."""
-    from fleetid.keys import KeyCustodyError, LocalKeyFile
+    from fleetid.keys import KeyCustodyError
+    from fleetid.server.local import load_key_ring
 
-    custody = LocalKeyFile(path, algorithm=algorithm)
     try:
-        _, signing = custody.active_key()
+        return load_key_ring(path, algorithm)
     except (KeyCustodyError, OSError) as exc:
         raise _Failed(_ring_problem(path, exc)) from exc
-    if signing != algorithm:
-        raise _Failed(f"key ring {path} signs with {signing}, not {algorithm}")
-    return custody
 
 
 def _check_state(state: LocalState, revision: Revision) -> None:

@@ -57,7 +57,7 @@ from fleetid.server.tokens import TokenService, signing_algorithms
 from fleetid.store import SQLiteStore, StoreError
 from fleetid.vault import LocalEnvelope, Vault
 
-__all__ = ["LocalState", "LocalStateError", "RevisionWatcher", "open_local"]
+__all__ = ["LocalState", "LocalStateError", "RevisionWatcher", "load_key_ring", "open_local"]
 
 logger = logging.getLogger("fleetid.serve")
 
@@ -143,19 +143,24 @@ def _ring_algorithm(path: Path) -> Algorithm | None:
     return ring.active.alg
 
 
+def load_key_ring(path: Path, algorithm: Algorithm) -> LocalKeyFile:
+    """The key ring of `algorithm` kept at `path`, loaded now (or generated when there is
+    none); KeyRingInvalid when the file holds a ring of another algorithm."""
+    custody = LocalKeyFile(path, algorithm=algorithm)
+    _, signing = custody.active_key()
+    if signing != algorithm:
+        raise KeyRingInvalid(
+            f"key ring file {path} signs with {signing}, but it is the {algorithm} ring: "
+            f"move it aside, and a new {algorithm} ring is made in its place"
+        )
+    return custody
+
+
 def _custodies(state: LocalState, default: Algorithm) -> Callable[[Algorithm], KeyCustody]:
     def custody_for(algorithm: Algorithm) -> KeyCustody:
-        path = state.key_ring(algorithm, default=default)
-        custody = LocalKeyFile(path, algorithm=algorithm)
         # Loaded (or generated) here, before the token service publishes it: a ring that
         # cannot be used is refused while the keys being served stay as they are.
-        _, signing = custody.active_key()
-        if signing != algorithm:
-            raise KeyRingInvalid(
-                f"key ring file {path} signs with {signing}, but it is the {algorithm} ring: "
-                f"move it aside, and a new {algorithm} ring is made in its place"
-            )
-        return custody
+        return load_key_ring(state.key_ring(algorithm, default=default), algorithm)
 
     return custody_for
 
