@@ -12,6 +12,7 @@
  * pool's mutex only to move jobs between lists; the workers take nothing else.
  */
 
+#define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -26,6 +27,8 @@
 #include <openssl/x509.h>
 
 #define MAX_THREADS 64
+/* The name `top -H`, py-spy and /proc/PID/task/TID/comm show for the workers. */
+#define THREAD_NAME "fleetid-sign"
 
 typedef struct job {
     struct job *next;
@@ -189,6 +192,7 @@ static int Pool_init(Pool *self, PyObject *args, PyObject *kwargs) {
             return -1;
         }
         self->thread_count = i + 1;
+        pthread_setname_np(self->threads[i], THREAD_NAME);
     }
     return 0;
 }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import time
 from pathlib import Path
 
 import jwt
@@ -27,8 +29,30 @@ def _der(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _threads_of_this_process() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _signing_threads_alive() -> int:
+    """The pools' workers alive now, told apart by name from other tests' threads."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:  # a thread that ended while the folder was read
+            continue
+    return names.count("fleetid-sign")
+
+
+def _signing_threads_settle_at(expected: int) -> int:
+    """The workers alive once `expected` are, or after five seconds, whichever comes first.
+
+    A joined thread can still be listed under /proc for a moment after pthread_join returns,
+    and a pool an earlier test left unreferenced stops only when the collector frees it.
+    """
+    gc.collect()
+    deadline = time.monotonic() + 5
+    alive = _signing_threads_alive()
+    while alive != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+        alive = _signing_threads_alive()
+    return alive
 
 
 def _verifies(key: rsa.RSAPrivateKey, data: bytes, signature: bytes) -> bool:
@@ -88,13 +112,13 @@ def test_the_pool_refuses_what_it_cannot_sign_with(rsa_key: rsa.RSAPrivateKey) -
 def test_the_threads_stop_when_the_pool_is_closed(rsa_key: rsa.RSAPrivateKey) -> None:
     from fleetid.keys._signpool import Pool
 
-    before = _threads_of_this_process()
+    before = _signing_threads_settle_at(0)
     pool = Pool(_der(rsa_key), 3)
-    assert _threads_of_this_process() == before + 3
+    assert _signing_threads_settle_at(before + 3) == before + 3
 
     pool.close()
 
-    assert _threads_of_this_process() == before
+    assert _signing_threads_settle_at(before) == before
 
 
 def test_signing_threads_answer_each_waiter_on_the_loop(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -114,13 +138,14 @@ def test_signing_threads_answer_each_waiter_on_the_loop(rsa_key: rsa.RSAPrivateK
 def test_a_new_key_stops_the_threads_of_the_key_before(rsa_key: rsa.RSAPrivateKey) -> None:
     newer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     threads = SigningThreads(1)
-    before = _threads_of_this_process()
+    before = _signing_threads_settle_at(0)
 
     async def rotate_while_signing() -> tuple[list[bytes], bytes, int]:
         in_flight = [asyncio.ensure_future(threads.sign("old", rsa_key, b"x")) for _ in range(20)]
         await asyncio.sleep(0)
         signature = await threads.sign("new", newer, b"after rotation")
-        return await asyncio.gather(*in_flight), signature, _threads_of_this_process()
+        during = _signing_threads_settle_at(before + 1)
+        return await asyncio.gather(*in_flight), signature, during
 
     old_signatures, new_signature, during = asyncio.run(rotate_while_signing())
 
@@ -129,7 +154,7 @@ def test_a_new_key_stops_the_threads_of_the_key_before(rsa_key: rsa.RSAPrivateKe
     assert _verifies(newer, b"after rotation", new_signature)
     assert during == before + 1
     threads.close()
-    assert _threads_of_this_process() == before
+    assert _signing_threads_settle_at(before) == before
 
 
 def test_a_cancelled_waiter_does_not_disturb_the_others(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -167,12 +192,12 @@ def test_threads_first_used_on_one_loop_refuse_another(rsa_key: rsa.RSAPrivateKe
 def test_a_local_key_file_signs_rs256_on_its_threads(tmp_path: Path) -> None:
     custody = LocalKeyFile(tmp_path / "keys.json", algorithm="RS256")
     custody.sign_on_threads(1)
-    before = _threads_of_this_process()
+    before = _signing_threads_settle_at(0)
     claims = {"iss": "https://id.example.test", "aud": AUDIENCE, "sub": "agent", "exp": 2**40}
 
     async def sign_concurrently() -> tuple[list[str], int]:
         tokens = await asyncio.gather(*(encode_jwt_async(custody, claims) for _ in range(50)))
-        return tokens, _threads_of_this_process()
+        return tokens, _signing_threads_settle_at(before + 1)
 
     tokens, during = asyncio.run(sign_concurrently())
 
@@ -191,16 +216,16 @@ def test_es256_and_signing_off_any_loop_stay_in_place(tmp_path: Path) -> None:
     es256.sign_on_threads(1)
     rs256 = LocalKeyFile(tmp_path / "rs.json", algorithm="RS256")
     rs256.sign_on_threads(1)
-    before = _threads_of_this_process()
+    before = _signing_threads_settle_at(0)
 
     async def es256_signature() -> int:
         await es256.sign_async(b"header.payload")
-        return _threads_of_this_process()
+        return _signing_threads_settle_at(before)
 
     assert asyncio.run(es256_signature()) == before
     # The synchronous contract is untouched: no loop, no threads.
     assert len(rs256.sign(b"header.payload").value) == 256
-    assert _threads_of_this_process() == before
+    assert _signing_threads_settle_at(before) == before
 
 
 def test_a_failed_signature_is_a_custody_error(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -232,14 +257,14 @@ def test_the_token_service_gives_threads_to_custodies_present_and_to_come(
     # for a resource's own key gets them as well.
     tokens = TokenService("https://id.example.test", custody_for, default_algorithm="ES256")
     tokens.sign_on_threads(1)
-    before = _threads_of_this_process()
+    before = _signing_threads_settle_at(0)
     claims = {"sub": "agent", "aud": AUDIENCE, "exp": 2**40}
 
     async def sign_both() -> tuple[int, int]:
         await tokens.sign(claims)
-        after_es256 = _threads_of_this_process()
+        after_es256 = _signing_threads_settle_at(before)
         await tokens.sign(claims, algorithm="RS256")
-        return after_es256, _threads_of_this_process()
+        return after_es256, _signing_threads_settle_at(before + 1)
 
     after_es256, after_rs256 = asyncio.run(sign_both())
 
