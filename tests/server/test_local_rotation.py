@@ -51,7 +51,9 @@ def test_rotating_twice_in_a_row_is_refused_the_second_time(
     tmp_path: Path, signer: rsa.RSAPrivateKey
 ) -> None:
     _, state = _started(tmp_path, signer)
-    later = LocalKeyFile(state.keys, clock=lambda: time.time() + JWKS_MAX_AGE)
+    # One moment for both rotations: a real clock could tick past a second between them.
+    moment = time.time() + JWKS_MAX_AGE
+    later = LocalKeyFile(state.keys, clock=lambda: moment)
     later.rotate(max_token_lifetime=3600)
     active, _ = later.active_key()
 
