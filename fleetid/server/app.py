@@ -30,6 +30,7 @@ from fleetid.fleet.compile import Revision
 from fleetid.keys import JWKS_MAX_AGE, KeyCustodyError
 from fleetid.server import authorize as authorization
 from fleetid.server import connections
+from fleetid.server.audit import audit_event
 from fleetid.server.clients import AuthenticatedClient, authenticate
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import (
@@ -236,9 +237,28 @@ async def _issue(
             f"this grant_type is not supported; the supported ones are {', '.join(_GRANTS)}"
         )
     client = _client(context, revision, authorization, form)
-    return await grant(
-        context, TokenRequest(revision, client, form, targets, int(context.clock()))
-    )
+    try:
+        return await grant(
+            context, TokenRequest(revision, client, form, targets, int(context.clock()))
+        )
+    except OAuthError as refused:
+        if not refused.audited:
+            # What an authenticated agent was refused before any policy decision (a subject
+            # token that is not its own or not live, a resource nobody declared) belongs in
+            # the trail too. The description is the one the client reads: it names no
+            # token, code or secret.
+            context.audit.record(
+                audit_event(
+                    time=context.clock(),
+                    event="request_refused",
+                    agent=client.client_id,
+                    grant_type=grant_type,
+                    revision=revision.hash,
+                    outcome=refused.error,
+                    reason=refused.description or refused.error,
+                )
+            )
+        raise
 
 
 async def _introspect(context: ServerContext, request: Request) -> Response:

@@ -23,7 +23,7 @@ import html
 import re
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -35,6 +35,7 @@ from fleetid.server.context import ServerContext
 from fleetid.server.errors import (
     InvalidGrant,
     InvalidTarget,
+    OAuthError,
     ServerError,
     TemporarilyUnavailable,
 )
@@ -73,25 +74,54 @@ def fetch_connection(
     person = presented.grant.subject if presented.grant is not None else None
     decision = decide_connection(request.revision, request.client.client_id, connection, person)
     if not decision.granted:
-        _audit(context, "connection_refused", decision=decision, act=act)
-        raise InvalidTarget(refusal_description(decision.refused))
+        raise _audited(
+            InvalidTarget(refusal_description(decision.refused)),
+            context,
+            "connection_refused",
+            decision=decision,
+            act=act,
+        )
 
     tenant = person.tenant if person else ""
     user = person.user if person else ""
     try:
         credential = context.vault.fetch(connection, tenant, user)
     except (NotLinked, LinkBroken) as missing:
-        _audit(context, "connection_refused", decision=decision, act=act, reason=missing.code)
-        raise InvalidGrant(str(missing)) from missing
+        raise _audited(
+            InvalidGrant(str(missing)),
+            context,
+            "connection_refused",
+            decision=decision,
+            act=act,
+            reason=missing.code,
+        ) from missing
     except (ApiKeyMissing, UnknownConnection) as unusable:
-        _audit(context, "connection_refused", decision=decision, act=act, reason=unusable.code)
-        raise InvalidTarget(str(unusable)) from unusable
+        raise _audited(
+            InvalidTarget(str(unusable)),
+            context,
+            "connection_refused",
+            decision=decision,
+            act=act,
+            reason=unusable.code,
+        ) from unusable
     except (ProviderError, RefreshContended) as busy:
-        _audit(context, "connection_failed", decision=decision, act=act, reason=busy.code)
-        raise TemporarilyUnavailable(str(busy)) from busy
+        raise _audited(
+            TemporarilyUnavailable(str(busy)),
+            context,
+            "connection_failed",
+            decision=decision,
+            act=act,
+            reason=busy.code,
+        ) from busy
     except VaultError as failed:
-        _audit(context, "connection_failed", decision=decision, act=act, reason=failed.code)
-        raise ServerError("the vault could not open this connection") from failed
+        raise _audited(
+            ServerError("the vault could not open this connection"),
+            context,
+            "connection_failed",
+            decision=decision,
+            act=act,
+            reason=failed.code,
+        ) from failed
 
     _audit(
         context,
@@ -105,6 +135,16 @@ def fetch_connection(
 
 def _audit(context: ServerContext, event: str, **fields: Any) -> None:
     context.audit.record(audit_event(time=context.clock(), event=event, **fields))
+
+
+_Refusal = TypeVar("_Refusal", bound=OAuthError)
+
+
+def _audited(refused: _Refusal, context: ServerContext, event: str, **fields: Any) -> _Refusal:
+    """`refused`, once its audit line is written: the token endpoint writes no other."""
+    _audit(context, event, **fields)
+    refused.audited = True
+    return refused
 
 
 def _page(title: str, message: str, status: int = 200) -> HTMLResponse:

@@ -53,6 +53,9 @@ class OAuthError(Exception):
         super().__init__(description or self.error)
         self.description = description
         self.headers = dict(headers or {})
+        # Set where the refusal already wrote its own audit line (a policy decision, a
+        # reused code or refresh token), so that the token endpoint writes no second one.
+        self.audited = False
 
     def body(self) -> dict[str, str]:
         body = {"error": self.error}

@@ -274,7 +274,9 @@ async def issue_for_resource(
                 act=act,
             )
         )
-        raise InvalidScope(refusal_description(decision.refused) or "no scope was granted")
+        refused = InvalidScope(refusal_description(decision.refused) or "no scope was granted")
+        refused.audited = True
+        raise refused
 
     if subject_id is None:
         subject_id = subject_claim(subject.tenant, subject.user) if subject else client_id

@@ -139,3 +139,33 @@ def test_every_audit_line_also_goes_to_the_audit_logger(
 
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fleetid.audit"]
     assert logged == server.audit()
+
+
+def test_a_subject_token_of_another_agent_is_refused_on_the_trail(server: Server) -> None:
+    sales_token = server.tokens_for(SALES, "alice", scope="openid crm:read")["access_token"]
+
+    response = server.exchange(SUPPORT, sales_token, CRM, scope="crm:read")
+
+    assert response.status_code == 400
+    assert [e for e in _events(server, "token_issued") if e["agent"] == SUPPORT] == []
+    [line] = _events(server, "request_refused")
+    assert line["agent"] == SUPPORT
+    assert line["revision"] == server.revision.hash
+    assert line["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange"
+    assert line["outcome"] == "invalid_grant"
+    assert line["reason"] == response.json()["error_description"]
+    assert "another agent" in line["reason"]
+    assert line["jti"] is None
+    assert sales_token not in json.dumps(server.audit())
+
+
+def test_a_refusal_with_its_own_line_gets_no_second_one(server: Server) -> None:
+    policy = _delegated_exchange(server, "crm:write")
+    tokens = server.tokens_for(SALES, "alice", scope="openid crm:read offline_access")
+    server.refresh(SALES, tokens["refresh_token"])
+    reuse = server.refresh(SALES, tokens["refresh_token"])
+
+    assert policy.status_code == reuse.status_code == 400
+    assert len(_events(server, "token_refused")) == 1
+    assert len(_events(server, "refresh_token_reused")) == 1
+    assert _events(server, "request_refused") == []

@@ -53,8 +53,9 @@ async def authorization_code(context: ServerContext, request: TokenRequest) -> d
     key = digest(code)
     record = context.store.redeem(CODE_NAMESPACE, key)
     if record is None:
-        _refuse_reuse(context, key, client.client_id)
-        raise InvalidGrant("the authorization code is invalid, expired or already used")
+        refused = InvalidGrant("the authorization code is invalid, expired or already used")
+        refused.audited = _refuse_reuse(context, key, client.client_id)
+        raise refused
     value = record.value
     # RFC 6749 §10.5: a code used twice should revoke what it was exchanged for; this
     # tombstone lets a second attempt find the grant.
@@ -93,10 +94,11 @@ def _only(resources: list[str]) -> list[str]:
     return resources if len(resources) == 1 else []
 
 
-def _refuse_reuse(context: ServerContext, key: str, client_id: str) -> None:
+def _refuse_reuse(context: ServerContext, key: str, client_id: str) -> bool:
+    """Revoke what a code presented again was exchanged for; whether it was such a code."""
     used = context.store.get(USED_CODE_NAMESPACE, key)
     if used is None:
-        return
+        return False
     revoke_grant(context, str(used.value["grant"]))
     context.audit.record(
         audit_event(
@@ -107,3 +109,4 @@ def _refuse_reuse(context: ServerContext, key: str, client_id: str) -> None:
             reason="an authorization code was presented a second time",
         )
     )
+    return True

@@ -79,6 +79,8 @@ def _refuse_reuse(context: ServerContext, client_id: str, grant_id: str) -> NoRe
             reason="a rotated refresh token was presented again",
         )
     )
-    raise InvalidGrant(
+    refused = InvalidGrant(
         "the refresh token was already used; every token of this sign-in is now revoked"
     )
+    refused.audited = True
+    raise refused
