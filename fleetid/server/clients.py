@@ -243,6 +243,12 @@ def _check_assertion(
         # TypeError: a header naming an algorithm of another key type than the key's.
         raise InvalidClient(f"the client assertion was refused: {type(exc).__name__}") from exc
 
+    named = claims["aud"]
+    if isinstance(named, list) and not set(named) <= audiences:
+        # PyJWT accepts an audience list that merely includes this server. An assertion
+        # that another authorization server would accept as well can be replayed there by
+        # whoever holds it; only values naming this server are let through.
+        raise InvalidClient("the client assertion's aud names other audiences than this server")
     expires_at = claims["exp"]
     if not isinstance(expires_at, int) or expires_at + 5 < now:
         raise InvalidClient("the client assertion has expired")

@@ -334,7 +334,7 @@ class Server:
         *,
         key: rsa.RSAPrivateKey | None = None,
         kid: str | None = KEYED_KID,
-        audience: str = TOKEN_ENDPOINT,
+        audience: str | None = TOKEN_ENDPOINT,
         lifetime: float = 60,
         jti: str | None = None,
         **claims: Any,
@@ -343,7 +343,7 @@ class Server:
         payload = {
             "iss": agent,
             "sub": agent,
-            "aud": audience,
+            **({"aud": audience} if audience is not None else {}),
             "iat": int(now),
             "exp": int(now + lifetime),
             "jti": jti or uuid.uuid4().hex,

@@ -313,6 +313,23 @@ def test_an_assertion_for_another_audience_is_invalid_client(
     _assert_invalid_client(response)
 
 
+def test_an_assertion_for_this_server_and_another_is_invalid_client(server: Server) -> None:
+    both = server.assertion(audience=None, aud=[TOKEN_ENDPOINT, "https://elsewhere.example.com"])
+
+    response = server.token({**GRANT, **server.assertion_form(both)})
+
+    _assert_invalid_client(response)
+    assert "other audiences" in response.json()["error_description"]
+
+
+def test_an_assertion_naming_this_server_twice_over_authenticates(server: Server) -> None:
+    ours = server.assertion(audience=None, aud=[TOKEN_ENDPOINT, ISSUER])
+
+    response = server.token({**GRANT, **server.assertion_form(ours)})
+
+    assert response.status_code == 200, response.text
+
+
 def test_an_assertion_whose_issuer_is_not_its_subject_is_invalid_client(server: Server) -> None:
     response = server.token({**GRANT, **server.assertion_form(server.assertion(iss=SALES))})
 
