@@ -125,6 +125,7 @@ class TokenService:
         self._custody_for = custody_for
         self._custodies: dict[Algorithm, KeyCustody] = {}
         self._keys: KeySet | None = None
+        self._keys_kids: frozenset[str] = frozenset()
         self._verified: OrderedDict[str, VerifiedToken] = OrderedDict()
         self._lock = threading.Lock()
         self._signing_threads = 0
@@ -244,6 +245,10 @@ class TokenService:
                 decoded = jwt.decode(token, self._key_set(), algorithms=list(_ALGORITHMS))
             except InvalidKeyIdError:
                 # An unknown kid may be a key published since the set was built (rotation).
+                # When the published keys are still the ones the set holds, it is a kid this
+                # server never had, and the remembered verifications stay.
+                if self._published_kids() == self._keys_kids:
+                    return None
                 self._forget_keys()
                 decoded = jwt.decode(token, self._key_set(), algorithms=list(_ALGORITHMS))
         except (JoseError, ValueError):
@@ -262,6 +267,14 @@ class TokenService:
     def _key_set(self) -> KeySet:
         keys = self._keys
         if keys is None:
-            keys = KeySet.import_key_set(self.jwks())  # type: ignore[arg-type]
-            self._keys = keys
+            published = self.jwks()
+            keys = KeySet.import_key_set(published)  # type: ignore[arg-type]
+            self._keys, self._keys_kids = keys, _kids(published)
         return keys
+
+    def _published_kids(self) -> frozenset[str]:
+        return _kids(self.jwks())
+
+
+def _kids(jwks: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(str(key.get("kid")) for key in jwks["keys"])

@@ -300,3 +300,30 @@ def test_an_agent_removed_during_its_sign_in_ends_it_with_an_error_page(
     response = server.consent(interaction)
 
     assert response.status_code == 400
+
+
+def test_a_kid_this_server_never_had_leaves_remembered_verifications(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = server.context.tokens
+    genuine = server.machine_token(RECONCILER)
+    assert tokens.verify(genuine, now=server.clock()) is not None
+    forged = jwt.encode(
+        {**claims_of(genuine), "sub": "someone-else"},
+        server.signer,
+        algorithm="RS256",
+        headers={"kid": "a-kid-never-published", "typ": "at+jwt"},
+    )
+    checked: list[str] = []
+    check_signature = tokens._check_signature
+
+    def counting(token: str) -> Any:
+        checked.append(token)
+        return check_signature(token)
+
+    monkeypatch.setattr(tokens, "_check_signature", counting)
+
+    assert tokens.verify(forged, now=server.clock()) is None
+    assert tokens.verify(genuine, now=server.clock()) is not None
+    # The genuine token's signature was not checked again.
+    assert checked == [forged]
