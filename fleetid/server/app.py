@@ -118,6 +118,15 @@ async def read_form(request: Request, limit: int) -> tuple[Form, list[str]]:
     return parse_form(await _body(request, limit))
 
 
+async def read_pairs(request: Request, limit: int) -> list[tuple[str, str]]:
+    """Every name/value pair of the form, in order, as a query string's would be read."""
+    _check_form_type(request.headers.get("content-type"))
+    try:
+        return form_pairs((await _body(request, limit)).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("the body is not UTF-8") from exc
+
+
 def _check_form_type(content_type: str | None) -> None:
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":

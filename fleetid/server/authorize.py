@@ -134,12 +134,10 @@ async def _parameters(context: ServerContext, request: Request) -> list[tuple[st
     if request.method != "POST":
         return request.query_params.multi_items()
     # app.py imports this module, so its form reader is imported when first needed.
-    from fleetid.server.app import read_form
+    from fleetid.server.app import read_pairs
 
-    # NOTE: read_form returns the `resource` and `audience` values as one list, so a posted
-    # `audience` (no parameter of this endpoint) is read as one more `resource`.
-    form, resources = await read_form(request, context.max_body)
-    return [*form.items(), *(("resource", resource) for resource in resources)]
+    # Read as the query is: a parameter given twice is judged by the same rules either way.
+    return await read_pairs(request, context.max_body)
 
 
 async def authorize(context: ServerContext, request: Request) -> Response:
