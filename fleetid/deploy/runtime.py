@@ -8,7 +8,9 @@ One `DeployedServer` per execution environment (that is, per cold start) holds:
   cold start) or `KmsSigner` (one KMS `Sign` per token);
 - the live revision, read from S3 through the pointer, and a `RevisionPoller` that looks at
   the pointer again at most every few seconds, so that a deployment or a rollback takes effect
-  within that time on every instance, without a redeploy of the function;
+  within that time on every instance, without a redeploy of the function; an instance that
+  switches ends the sign-ins of the agents the revision removed or brought back, as
+  `fleetid serve` does (`fleetid.server.removals`);
 - the connections vault, its records sealed under the vault's KMS key (`KmsEnvelope`), its
   API keys read at start from what provisioning stored (`ProvisionedSecrets`);
 - the ASGI application of `fleetid.server.app`, served through Mangum.
@@ -56,9 +58,10 @@ from fleetid.server.app import create_app
 from fleetid.server.audit import StoreAudit
 from fleetid.server.clients import StoredClientSecrets
 from fleetid.server.context import Endpoints, LiveRevision, ServerContext
+from fleetid.server.removals import end_sign_ins, sign_ins_ending
 from fleetid.server.signin import SignedInUser, SignIn, SignInFailed, SignInPage, render_page
 from fleetid.server.tokens import TokenService, signing_algorithms
-from fleetid.store import DynamoDBStore, Store
+from fleetid.store import DynamoDBStore, Store, StoreError
 from fleetid.vault import KmsEnvelope, Vault, VaultError
 
 __all__ = [
@@ -169,17 +172,16 @@ class RevisionPoller:
     def __init__(
         self,
         revisions: S3Revisions,
-        live: LiveRevision,
-        tokens: TokenService,
+        context: ServerContext,
         *,
         interval: float,
-        vault: Vault | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._revisions = revisions
-        self._live = live
-        self._tokens = tokens
-        self._vault = vault
+        self._context = context
+        self._live = context.live
+        self._tokens = context.tokens
+        self._vault = context.vault
         self._interval = interval
         self._clock = clock
         self._checked_at = clock()
@@ -222,8 +224,31 @@ class RevisionPoller:
             # A connection new in this revision has its key provisioned before the pointer.
             if self._vault is not None:
                 _load_api_keys(self._vault)
+            self._end_sign_ins(live, revision)
 
         return switched
+
+    def _end_sign_ins(self, live: Revision, revision: Revision) -> None:
+        """End the sign-ins of the agents the switch removed or brought back.
+
+        Other instances may be serving the revision already: the pointer moved before any
+        of them saw it. So the switch stands whatever happens here, and every instance that
+        makes it ends the sign-ins again; a sign-in already revoked is passed over.
+        """
+        before, after = set(live.fleet.agents), set(revision.fleet.agents)
+        reasons = sign_ins_ending(before - after, after - before, revision)
+        if not reasons:
+            return
+        try:
+            ended = end_sign_ins(self._context, reasons)
+        except StoreError as failure:
+            logger.error("the sign-ins of %s could not be ended: %s", ", ".join(reasons), failure)
+            return
+        logger.info(
+            "sign-ins ended as revision %s went live: %s",
+            revision.short,
+            ", ".join(f"{agent} ({count})" for agent, count in ended.items()),
+        )
 
 
 @dataclass
@@ -295,12 +320,7 @@ def build_server(
         vault=vault,
     )
     poller = RevisionPoller(
-        revisions,
-        live,
-        tokens,
-        interval=settings.revision_check_seconds,
-        vault=vault,
-        clock=monotonic,
+        revisions, context, interval=settings.revision_check_seconds, clock=monotonic
     )
     app = create_app(context)
     logger.info("revision %s is live; issuer %s", revision.short, issuer)

@@ -31,7 +31,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +47,10 @@ from fleetid.keys import (
     KeyRingInvalid,
     LocalKeyFile,
 )
-from fleetid.server.audit import JsonlAudit, audit_event
-from fleetid.server.authorize import INTERACTION_NAMESPACE
+from fleetid.server.audit import JsonlAudit
 from fleetid.server.clients import LocalClientSecrets
 from fleetid.server.context import Endpoints, LiveRevision, ServerContext
-from fleetid.server.issuance import GRANT_NAMESPACE, revoke_grant
+from fleetid.server.removals import end_sign_ins, sign_ins_ending
 from fleetid.server.signin import DevUserSignIn
 from fleetid.server.tokens import TokenService, signing_algorithms
 from fleetid.store import SQLiteStore, StoreError
@@ -200,38 +199,6 @@ def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerConte
         signin=DevUserSignIn(),
         vault=vault,
     )
-
-
-def _end_sign_ins(context: ServerContext, reasons: Mapping[str, str]) -> dict[str, int]:
-    """Revoke every sign-in of the agents named in `reasons`, and drop their sign-ins in
-    progress; how many sign-ins each agent lost."""
-    ended = dict.fromkeys(sorted(reasons), 0)
-    if not ended:
-        return ended
-
-    # A revoked grant takes its refresh-token family and its authorization codes with it:
-    # both are redeemed only while their grant stands.
-    for grant_id, record in context.store.scan(GRANT_NAMESPACE):
-        client_id = record.value.get("client_id")
-        if client_id in ended and not record.value.get("revoked"):
-            revoke_grant(context, grant_id)
-            ended[client_id] += 1
-    for interaction_id, record in context.store.scan(INTERACTION_NAMESPACE):
-        if record.value.get("client_id") in ended:
-            context.store.delete(INTERACTION_NAMESPACE, interaction_id)
-
-    for agent, count in ended.items():
-        if count:
-            context.audit.record(
-                audit_event(
-                    time=context.clock(),
-                    event="sign_ins_ended",
-                    agent=agent,
-                    outcome=f"{count} sign-in{'s' if count != 1 else ''} revoked",
-                    reason=reasons[agent],
-                )
-            )
-    return ended
 
 
 def _fleet_files(fleet: Path) -> list[Path]:
@@ -411,14 +378,8 @@ class RevisionWatcher:
         if self.on_switch is not None:
             self.on_switch(revision)
         # Last, being the one step that cannot be undone, and before the switch, so that a
-        # failure refuses the revision. An added agent can hold sign-ins only from before
-        # its removal (one that completed while it was being removed, or a removal while
-        # the server was stopped): they end too, so that coming back restores nothing.
-        reasons = dict.fromkeys(removed, f"the agent is not in revision {revision.short}")
-        reasons.update(
-            dict.fromkeys(added, f"the sign-in predates the agent's return in {revision.short}")
-        )
-        return _end_sign_ins(self.context, reasons)
+        # failure refuses the revision.
+        return end_sign_ins(self.context, sign_ins_ending(removed, added, revision))
 
     def _refuse(self, revision: Revision, live: Revision, reason: str, *, traceback: bool) -> None:
         # Tried again at every poll; said once per revision and reason, not every second.

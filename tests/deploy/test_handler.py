@@ -401,6 +401,51 @@ def test_a_pointer_switch_takes_effect_without_a_redeploy(
     assert issued_revision(deployed) == before
 
 
+def _without_support_triage(sources: FleetSources) -> FleetSources:
+    text = sources.fleet.decode()
+    start, end = text.index("  support-triage:\n"), text.index("  finance-reporter:\n")
+    return FleetSources(sources.fleet_name, (text[:start] + text[end:]).encode(), sources.policies)
+
+
+def _grant_stands(deployed: Deployed, grant_id: str) -> bool:
+    record = deployed.store.get(GRANT_NAMESPACE, grant_id)
+    return record is not None and not record.value.get("revoked")
+
+
+def test_a_pointer_switch_that_removes_an_agent_ends_its_sign_ins(deployed: Deployed) -> None:
+    verifier = secrets.token_urlsafe(48)
+    sign_in(
+        deployed,
+        "support-triage",
+        "alice",
+        verifier,
+        redirect_uri="https://support.acme.example.com/callback",
+    )
+    sign_in(deployed, "sales-assistant", "alice", verifier)
+    grants = {
+        grant_id: record.value["client_id"]
+        for grant_id, record in deployed.store.scan(GRANT_NAMESPACE)
+        if _grant_stands(deployed, grant_id)
+    }
+    assert {"support-triage", "sales-assistant"} <= set(grants.values())
+    assert issued_revision(deployed) == deployed.revision.hash
+
+    try:
+        without = publish(deployed.s3, _without_support_triage(deployed.sources))
+        assert "support-triage" not in without.fleet.agents
+        assert issued_revision(deployed) == without.hash
+
+        for grant_id, agent in grants.items():
+            assert _grant_stands(deployed, grant_id) is (agent != "support-triage"), agent
+    finally:
+        publish(deployed.s3, deployed.sources)
+
+    # Back in the fleet, the agent gets none of its sign-ins back.
+    assert issued_revision(deployed) == deployed.revision.hash
+    for grant_id, agent in grants.items():
+        assert _grant_stands(deployed, grant_id) is (agent != "support-triage"), agent
+
+
 def test_a_cold_start_refuses_an_object_that_is_not_its_revision(deployed: Deployed) -> None:
     fleet = compile_sources(deployed.sources)
     other = b"version: 1\nidentity:\n  name: acme-agents\n"
