@@ -96,13 +96,25 @@ class LocalState:
     def key_ring(self, algorithm: Algorithm, *, default: Algorithm) -> Path:
         """The file of `algorithm`'s key ring; `default` is the fleet's signing algorithm,
         whose ring a new state folder keeps in `keys.json`."""
-        named = self.folder / f"keys-{algorithm}.json"
+        named = self._named_ring(algorithm)
         first = _ring_algorithm(self.keys)
         if first == algorithm:
             return self.keys
         if first is None and algorithm == default and not named.exists():
             return self.keys
         return named
+
+    def ring_algorithms(self) -> set[Algorithm]:
+        """The algorithms whose key rings the folder holds; KeyRingInvalid for a ring file
+        that cannot be read."""
+        held = {algorithm for algorithm in ALGORITHMS if self._named_ring(algorithm).exists()}
+        first = _ring_algorithm(self.keys)
+        if first is not None:
+            held.add(first)
+        return held
+
+    def _named_ring(self, algorithm: Algorithm) -> Path:
+        return self.folder / f"keys-{algorithm}.json"
 
     def create(self) -> None:
         """Create the folder, or close an existing one to other users; LocalStateError
@@ -174,7 +186,9 @@ def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerConte
     tokens = TokenService(
         issuer.rstrip("/"), _custodies(state, default), default_algorithm=default
     )
-    tokens.prepare(signing_algorithms(revision))
+    # The rings of algorithms this revision no longer signs with are loaded too: their keys
+    # stay in the JWKS, and verify, while tokens they signed before a restart are unexpired.
+    tokens.prepare(sorted(signing_algorithms(revision) | state.ring_algorithms()))
     endpoints = Endpoints(issuer.rstrip("/"))
     live = LiveRevision(revision)
     store = SQLiteStore(state.store)

@@ -198,6 +198,24 @@ def test_a_state_folder_started_with_es256_keeps_that_ring_in_keys_json(
     assert jwt.get_unverified_header(_machine_token(again))["kid"] == es256_kid
 
 
+def test_after_the_algorithm_changes_a_restart_still_publishes_the_earlier_ring(
+    tmp_path: Path, signer: rsa.RSAPrivateKey, opened: list[ServerContext]
+) -> None:
+    state = tmp_path / "state"
+    earlier = _machine_token(_open(_fleet(tmp_path / "rs256", signer), state, opened))
+    earlier_kid = jwt.get_unverified_header(earlier)["kid"]
+    es256 = _fleet(tmp_path / "es256", signer, "ES256")
+    _open(es256, state, opened)
+
+    # A restart on the ES256 fleet: the RS256 token it signed before is still unexpired.
+    restarted = _open(es256, state, opened)
+
+    published = {key["kid"] for key in restarted.tokens.jwks()["keys"]}
+    assert earlier_kid in published
+    assert restarted.tokens.verify(earlier, now=restarted.clock()) is not None
+    assert jwt.get_unverified_header(_machine_token(restarted))["alg"] == "ES256"
+
+
 def test_a_ring_file_of_another_algorithm_is_refused_with_what_to_do(
     tmp_path: Path, signer: rsa.RSAPrivateKey, opened: list[ServerContext]
 ) -> None:
