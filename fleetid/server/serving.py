@@ -1,4 +1,5 @@
-"""Serving the ASGI application with uvicorn, one send per response.
+"""Serving the ASGI application with uvicorn: one send per response, and a deadline for each
+request to arrive.
 
 uvicorn writes a response's status line and headers to the socket as soon as the
 application starts the response, and its body as a second write. With `TCP_NODELAY` (set by
@@ -17,13 +18,16 @@ through it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import Any, ClassVar
 
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["GatheringTransport", "OneSendHttpProtocol", "serve"]
+
+logger = logging.getLogger(__name__)
 
 
 class GatheringTransport(asyncio.Transport):
@@ -108,10 +112,59 @@ class GatheringTransport(asyncio.Transport):
 
 
 class OneSendHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `GatheringTransport`."""
+    """uvicorn's httptools protocol, writing through a `GatheringTransport`, that closes a
+    connection whose request does not arrive whole in time.
+
+    uvicorn times out only an idle connection between requests, and only from its first
+    response on: a client that connects and sends nothing, or a request line, a header or
+    part of a body and then nothing, would hold its connection (and a socket of the process)
+    forever. Here a request must arrive whole within `read_timeout` seconds of its first
+    byte, and the first within that time of the connection. The timer is armed only while a
+    request is incomplete after the bytes at hand are read, which a request that arrives in
+    one segment never is.
+    """
+
+    read_timeout: ClassVar[float] = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(GatheringTransport(transport, self.loop))
+        self._reading = False
+        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(
+            self.read_timeout, self._too_slow
+        )
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading and self._deadline is None:
+            self._deadline = self.loop.call_later(self.read_timeout, self._too_slow)
+
+    def on_message_begin(self) -> None:
+        self._reading = True
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._reading = False
+        self._stop_deadline()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            logger.info(
+                "closed a connection whose request did not arrive within %g seconds",
+                self.read_timeout,
+            )
+            # An application still reading the body is told that the client is gone.
+            self.transport.close()
 
 
 def serve(app: ASGIApp, host: str, port: int) -> None:

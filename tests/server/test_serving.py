@@ -229,3 +229,62 @@ def test_a_malformed_request_gets_its_400_before_the_close(port: int) -> None:
         received = _read_until_closed(connection)
     assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert received.endswith(b"Invalid HTTP request received.")
+
+
+# -- a request must arrive whole in time ---------------------------------------------------
+
+
+class _QuickDeadline(OneSendHttpProtocol):
+    read_timeout = 1.0
+
+
+@pytest.fixture(scope="module")
+def quick_port() -> Iterator[int]:
+    config = uvicorn.Config(
+        _app, host=LOOPBACK, port=0, http=_QuickDeadline, ws="none", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",
+        b"POST /token HTTP/1.1\r\nhost: x\r\n",
+        b"POST /token HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc",
+    ],
+    ids=["nothing", "half-the-headers", "half-the-body"],
+)
+def test_a_request_that_stops_arriving_loses_its_connection(quick_port: int, sent: bytes) -> None:
+    with _connect(quick_port) as connection:
+        connection.sendall(sent)
+        # The socket's own timeout (5 s) would raise: the server closes well before.
+        assert _read_until_closed(connection) == b""
+
+
+def test_a_request_arriving_in_parts_within_the_deadline_is_answered(quick_port: int) -> None:
+    with _connect(quick_port) as connection:
+        connection.sendall(b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nab")
+        time.sleep(0.1)
+        connection.sendall(b"cd")
+        assert _read_response(connection, bytearray()).endswith(b"echo:/slow:abcd")
+
+
+def test_an_idle_kept_alive_connection_is_not_cut_by_the_deadline(quick_port: int) -> None:
+    with _connect(quick_port) as connection:
+        buffered = bytearray()
+        connection.sendall(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert _read_response(connection, buffered).endswith(b"echo:/one:")
+        # Longer than the deadline, shorter than uvicorn's keep-alive (5 s).
+        time.sleep(1.5)
+        connection.sendall(b"GET /two HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert _read_response(connection, buffered).endswith(b"echo:/two:")
