@@ -34,6 +34,7 @@ from fleetid.server.audit import audit_event
 from fleetid.server.clients import AuthenticatedClient, authenticate
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import (
+    InvalidClient,
     InvalidRequest,
     OAuthError,
     ServerError,
@@ -187,17 +188,38 @@ def _unquote_short(part: str) -> str:
 
 
 def _client(
-    context: ServerContext, revision: Revision, authorization: str | None, form: Form
+    context: ServerContext,
+    revision: Revision,
+    authorization: str | None,
+    form: Form,
+    endpoint: str,
 ) -> AuthenticatedClient:
-    return authenticate(
-        revision,
-        context.secrets,
-        context.store,
-        form,
-        authorization,
-        audiences=context.endpoints.assertion_audiences,
-        now=context.clock(),
-    )
+    try:
+        return authenticate(
+            revision,
+            context.secrets,
+            context.store,
+            form,
+            authorization,
+            audiences=context.endpoints.assertion_audiences,
+            now=context.clock(),
+        )
+    except InvalidClient as refused:
+        if refused.agent is not None:
+            # Someone claimed to be one of the fleet's agents and could not prove it: a
+            # wrong or leaked secret, or a guess. A claim of no agent is not recorded, as
+            # nothing would say whose line it is.
+            context.audit.record(
+                audit_event(
+                    time=context.clock(),
+                    event="client_authentication_failed",
+                    agent=refused.agent,
+                    revision=revision.hash,
+                    outcome=f"invalid_client on {endpoint}",
+                    reason=refused.description or refused.error,
+                )
+            )
+        raise
 
 
 Handler = Callable[[ServerContext, Request], Awaitable[Response]]
@@ -245,7 +267,7 @@ async def _issue(
         raise UnsupportedGrantType(
             f"this grant_type is not supported; the supported ones are {', '.join(_GRANTS)}"
         )
-    client = _client(context, revision, authorization, form)
+    client = _client(context, revision, authorization, form, "/token")
     try:
         return await grant(
             context, TokenRequest(revision, client, form, targets, int(context.clock()))
@@ -273,14 +295,15 @@ async def _issue(
 async def _introspect(context: ServerContext, request: Request) -> Response:
     form, _ = await read_form(request, context.max_body)
     authorization = request.headers.get("authorization")
-    client = _client(context, context.live.get(), authorization, form)
+    client = _client(context, context.live.get(), authorization, form, "/introspect")
     return _json(introspect(context, client, form))
 
 
 async def _revoke(context: ServerContext, request: Request) -> Response:
     form, _ = await read_form(request, context.max_body)
     authorization = request.headers.get("authorization")
-    revoke(context, _client(context, context.live.get(), authorization, form), form)
+    client = _client(context, context.live.get(), authorization, form, "/revoke")
+    revoke(context, client, form)
     return Response(status_code=200, headers=_NO_STORE)
 
 

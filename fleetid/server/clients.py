@@ -171,12 +171,20 @@ def authenticate(
     if basic is not None:
         client_id, secret = basic
         agent = _agent(revision, client_id, form)
-        _check_secret(secrets, client_id, secret, agent, "client_secret_basic")
+        try:
+            _check_secret(secrets, client_id, secret, agent, "client_secret_basic")
+        except InvalidClient as refused:
+            refused.agent = client_id
+            raise
         return AuthenticatedClient(client_id, agent, "client_secret_basic")
     if posted:
         client_id = form.get("client_id", "")
         agent = _agent(revision, client_id, form)
-        _check_secret(secrets, client_id, form["client_secret"], agent, "client_secret_post")
+        try:
+            _check_secret(secrets, client_id, form["client_secret"], agent, "client_secret_post")
+        except InvalidClient as refused:
+            refused.agent = client_id
+            raise
         return AuthenticatedClient(client_id, agent, "client_secret_post")
     if asserted:
         return _check_assertion(revision, store, form, audiences, now)
@@ -223,6 +231,32 @@ def _check_assertion(
 
     client_id = str(unverified.get("sub", ""))
     agent = _agent(revision, client_id, form)
+    try:
+        return _check_agent_assertion(
+            agent,
+            assertion,
+            client_id=client_id,
+            store=store,
+            header=header,
+            audiences=audiences,
+            now=now,
+        )
+    except InvalidClient as refused:
+        refused.agent = client_id
+        raise
+
+
+def _check_agent_assertion(
+    agent: Agent,
+    assertion: str,
+    *,
+    client_id: str,
+    store: Store,
+    header: Mapping[str, Any],
+    audiences: frozenset[str],
+    now: float,
+) -> AuthenticatedClient:
+    """The assertion of `agent`, whose client id its `sub` names, checked whole."""
     if agent.token_endpoint_auth_method != "private_key_jwt":
         raise InvalidClient(
             f"this client authenticates with {agent.token_endpoint_auth_method}, "

@@ -79,6 +79,8 @@ class InvalidClient(OAuthError):
         super().__init__(
             description, headers=headers or {"WWW-Authenticate": 'Basic realm="fleetid"'}
         )
+        # The fleet's agent the failed attempt claimed to be, once the claim named one.
+        self.agent: str | None = None
 
 
 class InvalidGrant(OAuthError):

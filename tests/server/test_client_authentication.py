@@ -529,3 +529,47 @@ def test_client_authentication_applies_to_introspection_and_revocation(server: S
         )
 
         _assert_invalid_client(response)
+
+
+# -- failed attempts on the audit trail ---------------------------------------------------
+
+
+def _failures(server: Server) -> list[dict[str, Any]]:
+    return [line for line in server.audit() if line["event"] == "client_authentication_failed"]
+
+
+@pytest.mark.parametrize("endpoint", ["/token", "/introspect", "/revoke"])
+def test_a_wrong_secret_for_an_agent_is_on_the_trail_without_the_secret(
+    server: Server, endpoint: str
+) -> None:
+    guess = "fis_" + "g" * 40
+    form = {**GRANT, "token": "x"} if endpoint != "/token" else GRANT
+
+    response = server.post_form(
+        endpoint, form, headers={"Authorization": _basic(RECONCILER, guess)}
+    )
+
+    _assert_invalid_client(response)
+    [line] = _failures(server)
+    assert line["agent"] == RECONCILER
+    assert line["outcome"] == f"invalid_client on {endpoint}"
+    assert line["reason"] == "client authentication failed"
+    assert line["revision"] == server.revision.hash
+    assert guess not in server.audit_path.read_text()
+
+
+def test_an_assertion_claiming_an_agent_that_fails_is_on_the_trail(server: Server) -> None:
+    forged = server.assertion(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    _assert_invalid_client(server.token({**GRANT, **server.assertion_form(forged)}))
+
+    [line] = _failures(server)
+    assert line["agent"] == KEYED
+    assert forged not in server.audit_path.read_text()
+
+
+def test_a_client_id_no_agent_has_leaves_no_line(server: Server) -> None:
+    response = server.token(GRANT, headers={"Authorization": _basic("nobody", "fis_x")})
+
+    _assert_invalid_client(response)
+    assert _failures(server) == []
