@@ -23,7 +23,7 @@ def sign_ins_ending(
 ) -> dict[str, str]:
     """The agents whose sign-ins end as `revision` goes live, each with the reason.
 
-    A removed agent's end. An added agent can hold sign-ins only from before its removal
+    A removed agent's sign-ins end. An added agent can hold some only from before its removal
     (one that completed while it was being removed, or a removal while the server was
     stopped): they end too, so that coming back restores nothing.
     """
