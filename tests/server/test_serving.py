@@ -122,10 +122,10 @@ def test_writes_after_the_connection_closed_are_dropped() -> None:
     assert asyncio.run(write_then_lose()).writes == []
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
+def _served(protocol: type[OneSendHttpProtocol]) -> Iterator[int]:
+    """uvicorn serving `_app` with `protocol` on a loopback port, in a thread: the port."""
     config = uvicorn.Config(
-        _app, host=LOOPBACK, port=0, http=OneSendHttpProtocol, ws="none", log_level="warning"
+        _app, host=LOOPBACK, port=0, http=protocol, ws="none", log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -137,6 +137,11 @@ def port() -> Iterator[int]:
     yield server.servers[0].sockets[0].getsockname()[1]
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    yield from _served(OneSendHttpProtocol)
 
 
 def _connect(port: int) -> socket.socket:
@@ -240,19 +245,7 @@ class _QuickDeadline(OneSendHttpProtocol):
 
 @pytest.fixture(scope="module")
 def quick_port() -> Iterator[int]:
-    config = uvicorn.Config(
-        _app, host=LOOPBACK, port=0, http=_QuickDeadline, ws="none", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
+    yield from _served(_QuickDeadline)
 
 
 @pytest.mark.parametrize(
