@@ -86,41 +86,10 @@ def fetch_connection(
     user = person.user if person else ""
     try:
         credential = context.vault.fetch(connection, tenant, user)
-    except (NotLinked, LinkBroken) as missing:
-        raise _audited(
-            InvalidGrant(str(missing)),
-            context,
-            "connection_refused",
-            decision=decision,
-            act=act,
-            reason=missing.code,
-        ) from missing
-    except (ApiKeyMissing, UnknownConnection) as unusable:
-        raise _audited(
-            InvalidTarget(str(unusable)),
-            context,
-            "connection_refused",
-            decision=decision,
-            act=act,
-            reason=unusable.code,
-        ) from unusable
-    except (ProviderError, RefreshContended) as busy:
-        raise _audited(
-            TemporarilyUnavailable(str(busy)),
-            context,
-            "connection_failed",
-            decision=decision,
-            act=act,
-            reason=busy.code,
-        ) from busy
     except VaultError as failed:
+        refused, event = _refusal_for(failed)
         raise _audited(
-            ServerError("the vault could not open this connection"),
-            context,
-            "connection_failed",
-            decision=decision,
-            act=act,
-            reason=failed.code,
+            refused, context, event, decision=decision, act=act, reason=failed.code
         ) from failed
 
     _audit(
@@ -135,6 +104,17 @@ def fetch_connection(
 
 def _audit(context: ServerContext, event: str, **fields: Any) -> None:
     context.audit.record(audit_event(time=context.clock(), event=event, **fields))
+
+
+def _refusal_for(failed: VaultError) -> tuple[OAuthError, str]:
+    """What the agent is told of a fetch the vault could not serve, and the audit event."""
+    if isinstance(failed, (NotLinked, LinkBroken)):
+        return InvalidGrant(str(failed)), "connection_refused"
+    if isinstance(failed, (ApiKeyMissing, UnknownConnection)):
+        return InvalidTarget(str(failed)), "connection_refused"
+    if isinstance(failed, (ProviderError, RefreshContended)):
+        return TemporarilyUnavailable(str(failed)), "connection_failed"
+    return ServerError("the vault could not open this connection"), "connection_failed"
 
 
 _Refusal = TypeVar("_Refusal", bound=OAuthError)
