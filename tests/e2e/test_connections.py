@@ -57,7 +57,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FleetServe
         peer.stop()
 
 
-def _exchange(server: FleetServer, agent: str, token: str, resource: str) -> httpx.Response:
+def _exchange(
+    server: FleetServer, agent: str, token: str, resource: str, **extra: str
+) -> httpx.Response:
     return httpx.post(
         server.token_endpoint,
         data={
@@ -65,6 +67,7 @@ def _exchange(server: FleetServer, agent: str, token: str, resource: str) -> htt
             "subject_token": token,
             "subject_token_type": ACCESS_TOKEN,
             "resource": resource,
+            **extra,
         },
         auth=(agent, server.credentials(agent)),
     )
@@ -160,6 +163,17 @@ def test_an_api_key_connection_hands_out_its_key_and_how_to_send_it(
     body = fetched.json()
     assert body["access_token"] == REPORTING_KEY
     assert body["header"] == "X-Reporting-Key"
+    # A key is no JWT, whatever the agent asks for.
+    as_jwt = _exchange(
+        server,
+        "finance-reporter",
+        dan,
+        REPORTING,
+        requested_token_type="urn:ietf:params:oauth:token-type:jwt",
+    )
+    assert as_jwt.status_code == 400
+    assert as_jwt.json()["error"] == "invalid_request"
+    assert REPORTING_KEY not in as_jwt.text
 
 
 def test_unlinking_ends_fetches_and_nothing_secret_is_written(

@@ -194,6 +194,37 @@ def test_an_actor_token_is_invalid_request(server: Server) -> None:
     assert oauth_error(response) == "invalid_request"
 
 
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+def test_a_token_asked_for_as_a_jwt_is_the_same_token_named_so(server: Server) -> None:
+    subject = _sign_in_token(server)
+
+    response = server.exchange(SALES, subject, CRM, requested_token_type=JWT_TYPE)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["issued_token_type"] == JWT_TYPE
+    assert body["token_type"] == "Bearer"
+    assert jwt.get_unverified_header(body["access_token"])["typ"] == "at+jwt"
+    assert claims_of(body["access_token"])["aud"] == CRM
+
+
+def test_a_delegation_asked_for_as_a_jwt_is_named_so(server: Server) -> None:
+    subject = _sign_in_token(server)
+
+    response = server.exchange(
+        SALES,
+        subject,
+        target_name="audience",
+        audience=agent_urn(SUPPORT),
+        requested_token_type=JWT_TYPE,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["issued_token_type"] == JWT_TYPE
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

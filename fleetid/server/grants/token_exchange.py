@@ -37,7 +37,8 @@ __all__ = ["GRANT_TYPE", "token_exchange"]
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-_SUBJECT_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE})
+# The two names a token of this server goes by, as a subject token and as one asked for.
+_OUR_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE})
 
 
 async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[str, Any]:
@@ -51,8 +52,8 @@ async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[
     subject_token = form.get("subject_token")
     if not subject_token:
         raise InvalidRequest("subject_token is required")
-    if form.get("subject_token_type") not in _SUBJECT_TOKEN_TYPES:
-        raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
+    if form.get("subject_token_type") not in _OUR_TOKEN_TYPES:
+        raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE} or {JWT_TOKEN_TYPE}")
     if "actor_token" in form:
         raise InvalidRequest("actor_token is not supported: the authenticated client is the actor")
     if "actor_token_type" in form:
@@ -60,8 +61,13 @@ async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[
         # present in the request but MUST NOT be included otherwise".
         raise InvalidRequest("actor_token_type is given only with an actor_token")
     requested_type = form.get("requested_token_type")
-    if requested_type is not None and requested_type != ACCESS_TOKEN_TYPE:
-        raise InvalidRequest(f"only {ACCESS_TOKEN_TYPE} can be issued")
+    if requested_type is not None and requested_type not in _OUR_TOKEN_TYPES:
+        raise InvalidRequest(
+            f"requested_token_type must be {ACCESS_TOKEN_TYPE} or {JWT_TOKEN_TYPE}"
+        )
+    # This server's access tokens are JWTs: asked for as either, the same token is issued,
+    # and named as it was asked for (RFC 8693 §3).
+    issued_type = requested_type or ACCESS_TOKEN_TYPE
 
     try:
         presented = live_token(context, subject_token, now=now)
@@ -76,8 +82,14 @@ async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[
     act = _actor_chain(subject, client.client_id)
 
     if target.agent is not None:
-        return await _for_agent(context, request, subject, target, act)
+        return await _for_agent(context, request, subject, target, act, issued_type=issued_type)
     if target.connection is not None:
+        if requested_type == JWT_TOKEN_TYPE:
+            # A connection's token is its provider's, in whatever form the provider issues.
+            raise InvalidRequest(
+                f"a connection's credential cannot be asked for as {JWT_TOKEN_TYPE}: "
+                "its provider decides its form"
+            )
         # A connection's credential may have to be refreshed at its provider, which can
         # take seconds: that waits on a worker thread, not on the event loop.
         return await run_in_threadpool(
@@ -118,7 +130,7 @@ async def token_exchange(context: ServerContext, request: TokenRequest) -> dict[
         )
     return {
         "access_token": issued.token,
-        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "issued_token_type": issued_type,
         "token_type": "Bearer",
         "expires_in": issued.decision.lifetime,
         "scope": " ".join(issued.decision.granted),
@@ -162,6 +174,8 @@ async def _for_agent(
     subject: VerifiedToken,
     target: Target,
     act: Mapping[str, Any] | None,
+    *,
+    issued_type: str,
 ) -> dict[str, Any]:
     """A token addressed to another agent: it carries who the subject is and the chain of
     actors, and no resource scope; that agent exchanges it in turn, under its own list and
@@ -211,7 +225,7 @@ async def _for_agent(
     )
     return {
         "access_token": token,
-        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "issued_token_type": issued_type,
         "token_type": "Bearer",
         "expires_in": lifetime,
     }
