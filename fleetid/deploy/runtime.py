@@ -179,9 +179,6 @@ class RevisionPoller:
     ) -> None:
         self._revisions = revisions
         self._context = context
-        self._live = context.live
-        self._tokens = context.tokens
-        self._vault = context.vault
         self._interval = interval
         self._clock = clock
         self._checked_at = clock()
@@ -203,7 +200,7 @@ class RevisionPoller:
             self._lock.release()
 
     def _check(self) -> bool:
-        live = self._live.get()
+        live = self._context.live.get()
         try:
             pointer = self._revisions.pointer()
             if pointer.revision == live.hash:
@@ -211,19 +208,19 @@ class RevisionPoller:
 
             revision = self._revisions.load(pointer.revision)
             # A resource newly asking for another algorithm gets its key in the JWKS first.
-            self._tokens.prepare(signing_algorithms(revision))
+            self._context.tokens.prepare(signing_algorithms(revision))
         except (RevisionDeliveryError, UnsupportedAlgorithm) as failure:
             logger.error(
                 "the pointer's revision was refused; %s keeps serving: %s", live.short, failure
             )
             return False
 
-        switched = self._live.switch(revision)
+        switched = self._context.live.switch(revision)
         if switched:
             logger.info("revision %s is live (was %s)", revision.short, live.short)
             # A connection new in this revision has its key provisioned before the pointer.
-            if self._vault is not None:
-                _load_api_keys(self._vault)
+            if self._context.vault is not None:
+                _load_api_keys(self._context.vault)
             self._end_sign_ins(live, revision)
 
         return switched
