@@ -21,12 +21,15 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
 #define MAX_THREADS 64
+#define LOWEST_PRIORITY 19 /* the highest nice value */
 /* The name `top -H`, py-spy and /proc/PID/task/TID/comm show for the workers. */
 #define THREAD_NAME "fleetid-sign"
 
@@ -50,6 +53,7 @@ typedef struct {
     int event_fd;
     int stopping;
     int thread_count;
+    int niceness; /* how many nice levels each worker drops below the thread that made it */
     pthread_t threads[MAX_THREADS];
 } Pool;
 
@@ -72,9 +76,26 @@ static void sign_job(EVP_PKEY *key, EVP_MD_CTX *context, job *item) {
     EVP_MD_CTX_reset(context);
 }
 
+/* Linux keeps a nice value per thread, so a worker can give way to the event loop that feeds
+ * it. This is best effort: a worker that keeps its priority still signs. */
+static void lower_priority(int levels) {
+    if (levels <= 0) {
+        return;
+    }
+    id_t thread = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int current = getpriority(PRIO_PROCESS, thread);
+    if (current == -1 && errno != 0) {
+        return;
+    }
+    int wanted = current + levels;
+    (void)setpriority(PRIO_PROCESS, thread, wanted > LOWEST_PRIORITY ? LOWEST_PRIORITY : wanted);
+}
+
 static void *work(void *argument) {
     Pool *pool = argument;
     EVP_MD_CTX *context = EVP_MD_CTX_new();
+    lower_priority(pool->niceness);
 
     for (;;) {
         pthread_mutex_lock(&pool->mutex);
@@ -144,20 +165,26 @@ static void stop(Pool *pool) {
 }
 
 static int Pool_init(Pool *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"key_der", "threads", NULL};
+    static char *names[] = {"key_der", "threads", "niceness", NULL};
     Py_buffer der;
     int threads = 1;
+    int niceness = 0;
 
     if (self->key != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a Pool is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|i", names, &der, &threads)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|i$i", names, &der, &threads, &niceness)) {
         return -1;
     }
     if (threads < 1 || threads > MAX_THREADS) {
         PyBuffer_Release(&der);
         PyErr_Format(PyExc_ValueError, "threads must be between 1 and %d", MAX_THREADS);
+        return -1;
+    }
+    if (niceness < 0 || niceness > LOWEST_PRIORITY) {
+        PyBuffer_Release(&der);
+        PyErr_Format(PyExc_ValueError, "niceness must be between 0 and %d", LOWEST_PRIORITY);
         return -1;
     }
     const unsigned char *cursor = der.buf;
@@ -180,6 +207,7 @@ static int Pool_init(Pool *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->key = key;
+    self->niceness = niceness;
     pthread_mutex_init(&self->mutex, NULL);
     pthread_cond_init(&self->wake, NULL);
 
@@ -317,7 +345,8 @@ static PyMethodDef Pool_methods[] = {
 static PyTypeObject PoolType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "fleetid.keys._signpool.Pool",
-    .tp_doc = "Pool(key_der, threads=1): RS256 signatures with one RSA key on native threads.",
+    .tp_doc = "Pool(key_der, threads=1, *, niceness=0): RS256 signatures with one RSA key on native\n"
+               "threads, each running `niceness` nice levels below the thread that made it.",
     .tp_basicsize = sizeof(Pool),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import select
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from fleetid.keys import Algorithm, KeyCustody, LocalKeyFile, encode_jwt_async
 from fleetid.keys.errors import KeyCustodyError
-from fleetid.keys.offload import SigningThreads, native_signing_available
+from fleetid.keys.offload import SIGNING_NICENESS, SigningThreads, native_signing_available
 from fleetid.server.tokens import TokenService
 
 AUDIENCE = "https://api.example.test/invoices"
@@ -53,6 +55,32 @@ def _signing_threads_settle_at(expected: int) -> int:
         time.sleep(0.01)
         alive = _signing_threads_alive()
     return alive
+
+
+def _signing_thread_niceness() -> list[int]:
+    """The nice value of each pool worker alive now."""
+    values = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue
+        name, _, fields = stat.partition("(")[2].rpartition(")")
+        if name == "fleetid-sign":
+            # proc(5): the nice value is the stat line's 19th field; 3rd is the first after ")".
+            values.append(int(fields.split()[19 - 3]))
+    return values
+
+
+def _niceness_settles_at(expected: list[int]) -> list[int]:
+    """The workers' nice values once they are `expected`, or after five seconds: each worker
+    lowers its priority as it starts, which may be a moment after its pool was made."""
+    deadline = time.monotonic() + 5
+    values = _signing_thread_niceness()
+    while values != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+        values = _signing_thread_niceness()
+    return values
 
 
 def _verifies(key: rsa.RSAPrivateKey, data: bytes, signature: bytes) -> bool:
@@ -103,10 +131,31 @@ def test_the_pool_refuses_what_it_cannot_sign_with(rsa_key: rsa.RSAPrivateKey) -
     with pytest.raises(ValueError, match="threads must be between 1 and 64"):
         Pool(_der(rsa_key), 0)
 
+    with pytest.raises(ValueError, match="niceness must be between 0 and 19"):
+        Pool(_der(rsa_key), 1, niceness=-1)
+    with pytest.raises(ValueError, match="niceness must be between 0 and 19"):
+        Pool(_der(rsa_key), 1, niceness=20)
+
     pool = Pool(_der(rsa_key), 1)
     pool.close()
     with pytest.raises(ValueError, match="closed"):
         pool.submit(1, b"late")
+
+
+def test_the_workers_run_below_the_priority_of_the_thread_that_made_them(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    from fleetid.keys._signpool import Pool
+
+    assert _signing_threads_settle_at(0) == 0
+    expected = min(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + 3, 19)
+    pool = Pool(_der(rsa_key), 2, niceness=3)
+    pool.submit(1, b"data")
+    select.select([pool.fileno()], [], [], 5)
+
+    assert _niceness_settles_at([expected] * 2) == [expected] * 2
+    pool.close()
+    assert [signature is not None for _, signature in pool.collect()] == [True]
 
 
 def test_the_threads_stop_when_the_pool_is_closed(rsa_key: rsa.RSAPrivateKey) -> None:
@@ -129,10 +178,14 @@ def test_signing_threads_answer_each_waiter_on_the_loop(rsa_key: rsa.RSAPrivateK
         signatures = await asyncio.gather(*(threads.sign("k1", rsa_key, i) for i in inputs))
         return list(zip(inputs, signatures, strict=True))
 
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    below_this_thread = min(own + SIGNING_NICENESS, 19)
     signed = asyncio.run(sign_many())
+    niceness = _niceness_settles_at([below_this_thread] * 2)
     threads.close()
 
     assert all(_verifies(rsa_key, data, signature) for data, signature in signed)
+    assert niceness == [below_this_thread] * 2
 
 
 def test_a_new_key_stops_the_threads_of_the_key_before(rsa_key: rsa.RSAPrivateKey) -> None:
