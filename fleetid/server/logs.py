@@ -2,7 +2,9 @@
 
 Every token request writes two lines, so their cost counts: the logging module formats each
 record's time with `time.strftime` anew, an eighth to a quarter of what a line costs.
-`StampFormatter` writes the same text but formats the date and the second once per second.
+`StampFormatter` writes the same text but formats the date and the second once per second,
+and joins the server's own format's three fields directly instead of interpreting the format
+for each line (a quarter of what formatting a line took).
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ class StampFormatter(logging.Formatter):
         # One tuple, replaced whole, so that a thread never pairs one second's key with
         # another second's text.
         self._stamp: tuple[_StampKey | None, str] = (None, "")
+        # The server's own format is joined directly; any other goes the general way.
+        self._joined = fmt == LOG_FORMAT and isinstance(self._style, logging.PercentStyle)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self._joined or record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        # What `logging.Formatter.format` makes of LOG_FORMAT, without interpreting it anew
+        # for each line.
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        return f"{record.asctime} {record.name} {record.message}"
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import pytest
@@ -35,6 +36,34 @@ def test_lines_match_the_standard_formatter(moments: list[float]) -> None:
 
     for created in moments:
         assert ours.format(_record(created)) == standard.format(_record(created))
+
+
+@given(
+    st.text(),
+    st.lists(st.integers() | st.floats(allow_nan=False) | st.text(), max_size=3),
+    st.booleans(),
+)
+def test_messages_arguments_and_exceptions_come_out_as_the_standard_formatter_writes(
+    text: str, arguments: list[object], failed: bool
+) -> None:
+    message = text.replace("%", "%%") + " %r" * len(arguments)
+    record = logging.LogRecord(
+        "fleetid.audit", logging.INFO, __file__, 1, message, tuple(arguments), None
+    )
+    if failed:
+        try:
+            raise ValueError("the failure being logged")
+        except ValueError:
+            record.exc_info = sys.exc_info()
+
+    assert StampFormatter().format(record) == logging.Formatter(LOG_FORMAT).format(record)
+
+
+def test_a_format_of_the_callers_own_is_honoured() -> None:
+    record = _record(1_800_000_000.25)
+    form = "%(levelname)s [%(name)s] %(message)s at %(asctime)s"
+
+    assert StampFormatter(form).format(record) == logging.Formatter(form).format(record)
 
 
 def test_a_date_format_of_the_callers_own_is_honoured() -> None:
