@@ -4,7 +4,7 @@ Every token request writes two lines, so their cost counts: the logging module f
 record's time with `time.strftime` anew, an eighth to a quarter of what a line costs.
 `StampFormatter` writes the same text but formats the date and the second once per second,
 and joins the server's own format's three fields directly instead of interpreting the format
-for each line (a quarter of what formatting a line took).
+for each line (about half of what formatting a line took).
 """
 
 from __future__ import annotations
