@@ -76,7 +76,7 @@ def signing_threads_for_this_machine() -> int:
 
     The loop's share of an RS256 token (HTTP, policy, storage) is about as much CPU as the
     signature, so more than two signing threads would wait for a loop that cannot keep up.
-    On two cores the threads share the loop's, below its priority (`SIGNING_NICENESS`).
+    Where they share the loop's cores, they run below its priority (`SIGNING_NICENESS`).
     """
     try:
         cores = len(os.sched_getaffinity(0))
