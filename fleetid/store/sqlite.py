@@ -14,6 +14,13 @@ Every operation is one SQL statement, which SQLite runs as its own transaction u
 file's write lock: ``redeem`` is a single ``DELETE ... RETURNING``, so of many concurrent
 redeemers, in any thread or process, exactly one deletes the row and receives it.
 
+``get_many`` remembers what it read, as long as nothing was committed since: a connection that
+never writes asks ``PRAGMA data_version``, which changes whenever any other connection, in
+this process or another, commits. That question takes SQLite's read lock as a query does,
+but no lookup, decoding or row; the token endpoint reads a token's revocation and sign-in
+this way on every exchange. What is remembered is the stored text, decoded anew for each
+caller, so no caller can change what the next one reads.
+
 Expired rows are invisible to every statement through its ``WHERE`` clause. They are removed
 opportunistically: at most once per ``purge_interval``, a ``create`` first deletes a bounded
 batch of them; ``purge_expired`` removes all of them on demand.
@@ -90,6 +97,10 @@ _OWNER_ONLY: Final = 0o600
 _COMPANIONS: Final = ("", "-wal", "-shm")
 _IDLE_CONNECTIONS: Final = 8
 _WAL_RETRY_PAUSE: Final = 0.01
+_REMEMBERED_RECORDS: Final = 4096
+
+# A row as stored: the value's JSON text, its version and its expiry.
+_Row = tuple[str, int, int | None]
 
 _BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
@@ -121,6 +132,11 @@ class SQLiteStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         self._next_purge = float("-inf")
+        # What get_many read at `_remembered_version`; None where no record was found.
+        self._memory_lock = threading.Lock()
+        self._watcher: sqlite3.Connection | None = None
+        self._remembered_version: int | None = None
+        self._remembered: dict[tuple[str, str], _Row | None] = {}
 
         try:
             _create_owner_only(self._path)
@@ -181,10 +197,27 @@ class SQLiteStore(Store):
         if not distinct:
             return {}
         now = unix_now(self._clock)
+        # Asked before anything is read, so that what is read is at least this recent.
+        version = self._data_version()
+        found = self._recall(distinct, version)
+        if found is None:
+            # All of them, so that one answer never mixes two moments of the file.
+            found = self._read_many(distinct, now)
+            self._remember(distinct, found, version)
+
+        return {
+            address: _record(row)
+            for address, row in found.items()
+            if row[2] is None or row[2] > now
+        }
+
+    def _read_many(
+        self, addresses: list[tuple[str, str]], now: int
+    ) -> dict[tuple[str, str], _Row]:
         # One statement, so one read transaction, whatever the number of records. The text
         # is the same condition repeated; every value is a bound parameter.
-        matches = " OR ".join(["(namespace = ? AND key = ?)"] * len(distinct))
-        parameters = [part for address in distinct for part in address]
+        matches = " OR ".join(["(namespace = ? AND key = ?)"] * len(addresses))
+        parameters = [part for address in addresses for part in address]
 
         query = (
             "SELECT namespace, key, value, version, expires_at FROM records "  # noqa: S608
@@ -194,7 +227,64 @@ class SQLiteStore(Store):
         with self._connection("get_many") as connection:
             rows = connection.execute(query, (*parameters, now)).fetchall()
 
-        return {(row[0], row[1]): _record(row[2:]) for row in rows}
+        return {(row[0], row[1]): (row[2], row[3], row[4]) for row in rows}
+
+    def _data_version(self) -> int:
+        """SQLite's count of commits by other connections, on one that never writes."""
+        try:
+            with self._memory_lock:
+                if self._closed:
+                    raise StoreError("SQLite store is closed")
+                if self._watcher is None:
+                    self._watcher = sqlite3.connect(
+                        self._path,
+                        timeout=self._busy_timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                (version,) = self._watcher.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise StoreUnavailableError("SQLite store was busy during get_many") from exc
+            raise StoreError("SQLite store failed during get_many") from exc
+        return int(version)
+
+    def _recall(
+        self, addresses: list[tuple[str, str]], version: int
+    ) -> dict[tuple[str, str], _Row] | None:
+        """The rows of these addresses remembered at `version`; None unless all of them are."""
+        found: dict[tuple[str, str], _Row] = {}
+        with self._memory_lock:
+            if self._remembered_version != version:
+                # Something was committed: everything remembered may be out of date.
+                self._remembered.clear()
+                self._remembered_version = version
+                return None
+            remembered = self._remembered
+            for address in addresses:
+                if address not in remembered:
+                    return None
+                row = remembered[address]
+                if row is not None:
+                    found[address] = row
+        return found
+
+    def _remember(
+        self,
+        addresses: list[tuple[str, str]],
+        read: Mapping[tuple[str, str], _Row],
+        version: int,
+    ) -> None:
+        with self._memory_lock:
+            # Another reader saw a later version meanwhile: what was read here may be older
+            # than that, so it is not kept under it.
+            if self._remembered_version != version:
+                return
+            remembered = self._remembered
+            if len(remembered) + len(addresses) > _REMEMBERED_RECORDS:
+                remembered.clear()
+            for address in addresses:
+                remembered[address] = read.get(address)
 
     def replace(
         self,
@@ -326,6 +416,12 @@ class SQLiteStore(Store):
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+        with self._memory_lock:
+            watcher, self._watcher = self._watcher, None
+            self._remembered.clear()
+            self._remembered_version = None
+        if watcher is not None:
+            watcher.close()
 
         # Connections on loan are closed as they come back.
         for connection in idle:

@@ -876,13 +876,75 @@ def test_a_corrupt_sqlite_record_is_a_store_error(
 
 
 def test_a_closed_store_is_a_store_error(store: Store) -> None:
+    store.get_many([("auth_code", KEY)])
     store.close()
 
     with pytest.raises(StoreError, match="closed"):
         store.get("auth_code", KEY)
+    with pytest.raises(StoreError, match="closed"):
+        store.get_many([("auth_code", KEY)])
 
 
 # SQLite specifics
+
+
+def test_get_many_reads_at_once_what_another_connection_changed(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    # get_many remembers what it read; a second store on the file is another connection,
+    # as another process would be.
+    path = tmp_path / "fleetid.db"
+    revoked, grant = ("revoked", "jti-1"), ("grant", KEY)
+    with SQLiteStore(path, clock=clock) as server, SQLiteStore(path, clock=clock) as other:
+        other.create("grant", KEY, {"user": "ana"}, expires_at=None)
+        assert server.get_many([revoked, grant]) == {grant: Record({"user": "ana"}, 1, None)}
+        assert server.get_many([revoked, grant]) == {grant: Record({"user": "ana"}, 1, None)}
+
+        other.create("revoked", "jti-1", {}, expires_at=None)
+        assert server.get_many([revoked, grant]).keys() == {revoked, grant}
+
+        assert other.replace("grant", KEY, {"user": "bo"}, version=1, expires_at=None)
+        assert server.get_many([grant]) == {grant: Record({"user": "bo"}, 2, None)}
+
+        assert other.redeem("grant", KEY) is not None
+        assert server.get_many([revoked, grant]).keys() == {revoked}
+
+        other.delete("revoked", "jti-1")
+        assert server.get_many([revoked, grant]) == {}
+
+
+def test_get_many_reads_what_the_same_store_wrote_from_another_thread(
+    sqlite_store: SQLiteStore,
+) -> None:
+    address = ("grant", KEY)
+    assert sqlite_store.get_many([address]) == {}
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(sqlite_store.create, "grant", KEY, {"n": 1}, expires_at=None).result()
+
+    assert sqlite_store.get_many([address]) == {address: Record({"n": 1}, 1, None)}
+
+
+def test_a_record_get_many_remembers_still_expires_on_time(
+    sqlite_store: SQLiteStore, clock: ManualClock
+) -> None:
+    clock.now = 1_000_000.0
+    sqlite_store.create("auth_code", KEY, {}, expires_at=1_000_010)
+    assert sqlite_store.get_many([("auth_code", KEY)]) != {}
+
+    clock.now = 1_000_010.0
+
+    assert sqlite_store.get_many([("auth_code", KEY)]) == {}
+
+
+def test_what_get_many_returns_is_the_callers_own(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.create("grant", KEY, {"groups": ["sales"]}, expires_at=None)
+    first = sqlite_store.get_many([("grant", KEY)])[("grant", KEY)]
+    first.value["groups"].append("admin")  # type: ignore[index]
+
+    again = sqlite_store.get_many([("grant", KEY)])[("grant", KEY)]
+
+    assert again.value == {"groups": ["sales"]}
 
 
 def test_sqlite_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
