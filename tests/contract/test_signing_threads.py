@@ -8,7 +8,9 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import jwt
 import pytest
@@ -22,6 +24,8 @@ from fleetid.server.tokens import TokenService
 
 AUDIENCE = "https://api.example.test/invoices"
 
+T = TypeVar("T")
+
 
 def _der(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
@@ -31,39 +35,14 @@ def _der(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _signing_threads_alive() -> int:
-    """The pools' workers alive now, told apart by name from other tests' threads."""
-    names = []
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            names.append((task / "comm").read_text().strip())
-        except FileNotFoundError:  # a thread that ended while the folder was read
-            continue
-    return names.count("fleetid-sign")
-
-
-def _signing_threads_settle_at(expected: int) -> int:
-    """The workers alive once `expected` are, or after five seconds, whichever comes first.
-
-    A joined thread can still be listed under /proc for a moment after pthread_join returns,
-    and a pool an earlier test left unreferenced stops only when the collector frees it.
-    """
-    gc.collect()
-    deadline = time.monotonic() + 5
-    alive = _signing_threads_alive()
-    while alive != expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-        alive = _signing_threads_alive()
-    return alive
-
-
-def _signing_thread_niceness() -> list[int]:
-    """The nice value of each pool worker alive now."""
+def _workers_niceness() -> list[int]:
+    """The nice value of each pool worker alive now, told apart by name from other tests'
+    threads."""
     values = []
     for task in Path("/proc/self/task").iterdir():
         try:
             stat = (task / "stat").read_text()
-        except FileNotFoundError:
+        except FileNotFoundError:  # a thread that ended while the folder was read
             continue
         name, _, fields = stat.partition("(")[2].rpartition(")")
         if name == "fleetid-sign":
@@ -72,15 +51,30 @@ def _signing_thread_niceness() -> list[int]:
     return values
 
 
-def _niceness_settles_at(expected: list[int]) -> list[int]:
-    """The workers' nice values once they are `expected`, or after five seconds: each worker
-    lowers its priority as it starts, which may be a moment after its pool was made."""
+def _settles(read: Callable[[], T], expected: T) -> T:
+    """What `read` returns once it is `expected`, or after five seconds, whichever comes first."""
     deadline = time.monotonic() + 5
-    values = _signing_thread_niceness()
-    while values != expected and time.monotonic() < deadline:
+    found = read()
+    while found != expected and time.monotonic() < deadline:
         time.sleep(0.01)
-        values = _signing_thread_niceness()
-    return values
+        found = read()
+    return found
+
+
+def _signing_threads_settle_at(expected: int) -> int:
+    """The workers alive, once `expected` are or after five seconds.
+
+    A joined thread can still be listed under /proc for a moment after pthread_join returns,
+    and a pool an earlier test left unreferenced stops only when the collector frees it.
+    """
+    gc.collect()
+    return _settles(lambda: len(_workers_niceness()), expected)
+
+
+def _niceness_settles_at(expected: list[int]) -> list[int]:
+    """The workers' nice values, once they are `expected` or after five seconds: each worker
+    lowers its priority as it starts, which may be a moment after its pool was made."""
+    return _settles(_workers_niceness, expected)
 
 
 def _verifies(key: rsa.RSAPrivateKey, data: bytes, signature: bytes) -> bool:
