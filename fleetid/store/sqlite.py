@@ -132,10 +132,10 @@ class SQLiteStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         self._next_purge = float("-inf")
-        # What get_many read at `_remembered_version`; None where no record was found.
         self._memory_lock = threading.Lock()
         self._watcher: sqlite3.Connection | None = None
         self._remembered_version: int | None = None
+        # What get_many read at `_remembered_version`; None where no record was found.
         self._remembered: dict[tuple[str, str], _Row | None] = {}
 
         try:
