@@ -408,9 +408,8 @@ def _load_ring(path: Path, algorithm: Algorithm) -> LocalKeyFile:
 
 
 def _check_state(state: LocalState, revision: Revision) -> None:
-    """Create the state folder and read what is already in it, so that a damaged file is
-    reported by name before the server starts; missing files are made by `open_local`."""
-    _create_state_folder(state)
+    """Read what is already in the state folder, so that a damaged file is reported by name
+    before the server starts; missing files are made by `open_local`."""
     if state.clients.exists():
         _read_client_secrets(state.clients)
     for algorithm, path in _fleet_rings(state, revision):
@@ -468,7 +467,8 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     """Run the identity server on this machine, with embedded state.
 
     Exits 2 when the fleet or an option is invalid, and 1 when it cannot start: a state
-    file it cannot use, or an address it cannot listen on.
+    file it cannot use, a state folder another server is using, or an address it cannot
+    listen on.
     """
     from fleetid.keys import KeyCustodyError
     from fleetid.keys.offload import signing_threads_for_this_machine
@@ -487,42 +487,51 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     configure_server_logging()
     base = issuer or f"http://{host}:{port}"
     local = LocalState(Path(state))
-    _check_state(local, _compile(fleet))
+    revision = _compile(fleet)
+    _create_state_folder(local)
     try:
-        context = open_local(fleet, local, base)
-    except FleetInvalid as invalid:
-        _report(invalid.problems, "text")
-        raise _Failed("", EXIT_INVALID) from invalid
-    except (StoreError, KeyCustodyError, VaultError, LocalStateError, OSError) as exc:
-        raise _Failed(_state_problem(local, exc)) from exc
-    _record_served_fleet(local, fleet)
-    # RS256 signatures, most of a token's CPU, go to native threads that give way to the
-    # one process's event loop, which keeps HTTP and policy.
-    context.tokens.sign_on_threads(signing_threads_for_this_machine())
-    secrets = context.secrets
-    assert isinstance(secrets, LocalClientSecrets)
+        # Before anything in the folder is read or made: another server may be making it.
+        held = local.lock_for_serving()
+    except LocalStateError as exc:
+        raise _Failed(str(exc)) from exc
 
-    def on_switch(revision: Revision) -> None:
-        for agent in secrets.ensure(sorted(revision.fleet.agents)):
-            click.echo(f"new agent {agent}: client_id {agent}")
+    with held:
+        _check_state(local, revision)
+        try:
+            context = open_local(fleet, local, base)
+        except FleetInvalid as invalid:
+            _report(invalid.problems, "text")
+            raise _Failed("", EXIT_INVALID) from invalid
+        except (StoreError, KeyCustodyError, VaultError, LocalStateError, OSError) as exc:
+            raise _Failed(_state_problem(local, exc)) from exc
+        _record_served_fleet(local, fleet)
+        # RS256 signatures, most of a token's CPU, go to native threads that give way to the
+        # one process's event loop, which keeps HTTP and policy.
+        context.tokens.sign_on_threads(signing_threads_for_this_machine())
+        secrets = context.secrets
+        assert isinstance(secrets, LocalClientSecrets)
 
-    watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=local)
-    revision = context.live.get()
-    click.echo(f"fleetid: revision {revision.short} of {revision.fleet.identity.name}")
-    click.echo(f"discovery: {context.issuer}/.well-known/openid-configuration")
-    for agent in sorted(revision.fleet.agents):
-        click.echo(f"  agent {agent}: client_id {agent}")
-    click.echo(f"credentials: fleetid credentials AGENT --state {state}")
-    watcher.start()
-    try:
-        run_server(create_app(context), host, port)
-    except SystemExit as stopped:
-        # uvicorn exits 3 when it cannot start, which here would read as "diff widens".
-        if stopped.code in (None, 0):
-            raise
-        raise _Failed(f"the server did not start on {_address(host, port)}") from None
-    finally:
-        watcher.stop()
+        def on_switch(revision: Revision) -> None:
+            for agent in secrets.ensure(sorted(revision.fleet.agents)):
+                click.echo(f"new agent {agent}: client_id {agent}")
+
+        watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=local)
+        revision = context.live.get()
+        click.echo(f"fleetid: revision {revision.short} of {revision.fleet.identity.name}")
+        click.echo(f"discovery: {context.issuer}/.well-known/openid-configuration")
+        for agent in sorted(revision.fleet.agents):
+            click.echo(f"  agent {agent}: client_id {agent}")
+        click.echo(f"credentials: fleetid credentials AGENT --state {state}")
+        watcher.start()
+        try:
+            run_server(create_app(context), host, port)
+        except SystemExit as stopped:
+            # uvicorn exits 3 when it cannot start, which here would read as "diff widens".
+            if stopped.code in (None, 0):
+                raise
+            raise _Failed(f"the server did not start on {_address(host, port)}") from None
+        finally:
+            watcher.stop()
 
 
 @cli.command()

@@ -4,8 +4,14 @@ Everything lives in the state folder, which is kept 0700: `store.sqlite3` (WAL, 
 `keys.json` (the signing key ring, 0600, generated on first start), `clients.json` (the
 agents' client secrets, 0600, generated on first start and kept across restarts),
 `vault.key` (the connections vault's master key, 0600), `serve.json` (the fleet file being
-served, which the other commands take as their default `--fleet`) and `audit.jsonl`. API keys of
-connections are read from their `{env: ...}` references at start and stored encrypted.
+served, which the other commands take as their default `--fleet`), `audit.jsonl` and
+`serve.lock`. API keys of connections are read from their `{env: ...}` references at start
+and stored encrypted.
+
+A state folder is one server's: `serve.lock` is held with `flock` for as long as the server
+runs, and a second `fleetid serve` on the same folder is refused before it reads anything.
+Two servers would each make the secrets of agents new to the fleet, and the one whose file
+was replaced last would refuse the secrets `fleetid credentials` prints.
 
 There is one key ring per signing algorithm. `keys.json` holds the ring of the algorithm the
 state folder was first started with; any other algorithm, whether a resource asks for it or
@@ -27,6 +33,9 @@ resource servers until they expire.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import os
 import stat
@@ -56,7 +65,14 @@ from fleetid.server.tokens import TokenService, signing_algorithms
 from fleetid.store import SQLiteStore, StoreError
 from fleetid.vault import LocalEnvelope, Vault
 
-__all__ = ["LocalState", "LocalStateError", "RevisionWatcher", "load_key_ring", "open_local"]
+__all__ = [
+    "LocalState",
+    "LocalStateError",
+    "RevisionWatcher",
+    "ServingLock",
+    "load_key_ring",
+    "open_local",
+]
 
 logger = logging.getLogger("fleetid.serve")
 
@@ -92,6 +108,10 @@ class LocalState:
     @property
     def vault_key(self) -> Path:
         return self.folder / "vault.key"
+
+    @property
+    def serve_lock(self) -> Path:
+        return self.folder / "serve.lock"
 
     def key_ring(self, algorithm: Algorithm, *, default: Algorithm) -> Path:
         """The file of `algorithm`'s key ring; `default` is the fleet's signing algorithm,
@@ -140,6 +160,61 @@ class LocalState:
                 f"could not be made 0700: {exc.strerror}"
             ) from exc
         logger.warning("state folder %s was mode %04o; it is 0700 now", self.folder, mode)
+
+    def lock_for_serving(self) -> ServingLock:
+        """Hold the folder for this process's server until `ServingLock.release` or the
+        process's end; LocalStateError when another server holds it. The folder must exist."""
+        path = self.serve_lock
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LocalStateError(f"cannot use {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _lock_holder(descriptor)
+            os.close(descriptor)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LocalStateError(f"cannot lock {path}: {exc.strerror}") from exc
+            raise LocalStateError(
+                f"state folder {self.folder} is in use by another fleetid serve{holder}: "
+                "stop it, or give this one another folder with --state"
+            ) from None
+        # Who holds it, for the message a second server prints; the lock is what counts.
+        with contextlib.suppress(OSError):
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        return ServingLock(descriptor)
+
+
+class ServingLock:
+    """The `flock` a running server holds on its state folder's `serve.lock`; released when
+    the `with` block it opens ends."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor: int | None = descriptor
+
+    def __enter__(self) -> ServingLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            # Closing the only descriptor of the lock releases it.
+            os.close(descriptor)
+
+
+def _lock_holder(descriptor: int) -> str:
+    """The process id the holder wrote in the lock file, as ` (process N)`; empty when it
+    cannot be told."""
+    try:
+        text = os.pread(descriptor, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (process {text})" if text.isdigit() else ""
 
 
 def _ring_algorithm(path: Path) -> Algorithm | None:

@@ -183,6 +183,11 @@ class FleetServer:
     def discovery_url(self) -> str:
         return f"{self.issuer}/.well-known/openid-configuration"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def spawn(self, port: int | None = None) -> subprocess.Popen[bytes]:
         """Start `fleetid serve` on this fleet and state, its output appended to the log."""
         with self.log.open("ab") as log:
@@ -204,6 +209,17 @@ class FleetServer:
                 stderr=subprocess.STDOUT,
                 env=ENVIRONMENT,
             )
+
+    def run_another(self, *, timeout: float = 30) -> int:
+        """Run a second `fleetid serve` on this fleet and state, on another port, to its
+        exit; its exit code. One still running after `timeout` seconds is killed."""
+        process = self.spawn(port=free_port())
+        try:
+            return process.wait(timeout=timeout)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None

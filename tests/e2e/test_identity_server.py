@@ -1,6 +1,7 @@
 """The identity server end to end: discovery, the code flow, token exchange under issuance
 policy, client credentials, refresh rotation, introspection, revocation, userinfo, the
-`verify`, `login` and `audit` commands, and no secret in the audit trail or the log.
+`verify`, `login` and `audit` commands, a second server refused on the same state folder,
+and no secret in the audit trail or the log.
 
 One `fleetid serve` runs for the whole module, on the example fleet plus one Globex
 administrator among the dev users (the example has none, and the Globex policy is about
@@ -689,6 +690,21 @@ def test_the_server_log_has_one_line_per_request_without_queries(server: FleetSe
     assert "GET /authorize 200" in log
     assert "GET /authorize?" not in log
     assert "code=" not in log
+
+
+def test_a_second_server_on_the_same_state_folder_is_refused(server: FleetServer) -> None:
+    logged = len(server.log_text())
+    secrets_before = (server.state / "clients.json").read_bytes()
+
+    assert server.run_another() == 1
+
+    [line] = server.log_text()[logged:].splitlines()
+    assert line == (
+        f"fleetid: state folder {server.state} is in use by another fleetid serve "
+        f"(process {server.pid}): stop it, or give this one another folder with --state"
+    )
+    assert (server.state / "clients.json").read_bytes() == secrets_before
+    assert server.browser().get(server.discovery_url).status_code == 200
 
 
 def test_no_secret_reaches_the_audit_trail_or_the_log(server: FleetServer) -> None:

@@ -20,7 +20,7 @@ from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import CRM, FleetServer, edit_fleet, free_port, wait_until, write_atomically
+from harness import CRM, FleetServer, edit_fleet, wait_until, write_atomically
 
 SUPPORT = "support-triage"
 RECONCILER = "crm-reconciler"
@@ -241,13 +241,7 @@ def test_an_invalid_fleet_is_refused_and_the_live_revision_keeps_serving(
 def test_serve_refuses_to_start_on_an_invalid_fleet(server: FleetServer) -> None:
     logged = len(server.log_text())
     # Another port, the same state: the fleet is compiled before anything else is opened.
-    process = server.spawn(port=free_port())
-    try:
-        assert process.wait(timeout=30) == 2
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    assert server.run_another() == 2
     output = server.log_text()[logged:]
     assert re.search(INVALID_PROBLEM, output), output
     assert "1 problem found" in output

@@ -1,6 +1,7 @@
 """The commands that work on the state folder of `fleetid serve`: `serve` failing to start
-(a state file it cannot use, an address it cannot listen on), `keys rotate`,
-`credentials` and `audit`, run through `main` as the installed script calls it.
+(a state file it cannot use, a folder another server holds, an address it cannot listen
+on), `keys rotate`, `credentials` and `audit`, run through `main` as the installed script
+calls it.
 
 `serve` never gets as far as listening here: the function that would run uvicorn is
 replaced by one that fails the test, or by one that returns at once."""
@@ -21,6 +22,7 @@ from clikit import Run
 from isolation import free_port
 
 from fleetid.keys import Algorithm, LocalKeyFile
+from fleetid.server.local import LocalState, LocalStateError
 
 LOOPBACK = "127.0.0.1"
 # Ports these tests may bind on loopback.
@@ -196,6 +198,57 @@ def test_serve_names_an_audit_trail_that_is_a_folder(
     result = serve(run, example_copy, state)
 
     assert_one_line_failure(result, f"cannot use {state / 'audit.jsonl'}: is a directory")
+
+
+# serve: one server per state folder
+
+
+def test_serve_refuses_a_state_folder_another_server_holds(
+    run: Callable[..., Run], example_copy: Path, state: Path, no_server: None
+) -> None:
+    before = sorted(path.name for path in state.iterdir())
+
+    with LocalState(state).lock_for_serving():
+        result = serve(run, example_copy, state)
+
+    assert_one_line_failure(
+        result,
+        f"state folder {state} is in use by another fleetid serve (process {os.getpid()}): "
+        "stop it, or give this one another folder with --state",
+    )
+    # Refused before anything was made: no secrets, no store, no record of the fleet.
+    assert sorted(path.name for path in state.iterdir()) == sorted([*before, "serve.lock"])
+
+
+def test_serve_holds_its_state_folder_while_it_runs_and_lets_go_after(
+    run: Callable[..., Run], example_copy: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusals: list[str] = []
+
+    def running(*args: Any) -> None:
+        with pytest.raises(LocalStateError) as refused:
+            LocalState(state).lock_for_serving()
+        refusals.append(str(refused.value))
+
+    monkeypatch.setattr("fleetid.server.serving.serve", running)
+
+    first = serve(run, example_copy, state)
+    second = serve(run, example_copy, state)
+
+    assert (first.code, second.code) == (0, 0), first.err + second.err
+    assert len(refusals) == 2
+    assert f"(process {os.getpid()})" in refusals[0]
+    LocalState(state).lock_for_serving().release()
+
+
+def test_serve_lock_without_a_process_id_still_refuses(
+    run: Callable[..., Run], example_copy: Path, state: Path, no_server: None
+) -> None:
+    with LocalState(state).lock_for_serving():
+        (state / "serve.lock").write_text("not a number\n")
+        result = serve(run, example_copy, state)
+
+    assert_one_line_failure(result, f"state folder {state} is in use by another fleetid serve: ")
 
 
 def test_serve_reports_an_invalid_fleet_and_exits_2(
