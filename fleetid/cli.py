@@ -505,8 +505,8 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
         except (StoreError, KeyCustodyError, VaultError, LocalStateError, OSError) as exc:
             raise _Failed(_state_problem(local, exc)) from exc
         _record_served_fleet(local, fleet)
-        # RS256 signatures, most of a token's CPU, go to native threads that give way to the
-        # one process's event loop, which keeps HTTP and policy.
+        # Token signatures go to native threads that give way to the one process's event
+        # loop, which keeps HTTP and policy.
         context.tokens.sign_on_threads(signing_threads_for_this_machine())
         secrets = context.secrets
         assert isinstance(secrets, LocalClientSecrets)

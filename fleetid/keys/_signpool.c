@@ -1,12 +1,13 @@
-/* RSASSA-PKCS1-v1_5 SHA-256 signatures (RS256) computed on native threads.
+/* JWS signatures, RS256 (RSASSA-PKCS1-v1_5 SHA-256) and ES256 (ECDSA P-256 SHA-256),
+ * computed on native threads.
  *
- * CPython lets go of the GIL while OpenSSL computes an RSA signature, but a Python thread
+ * CPython lets go of the GIL while OpenSSL computes a signature, but a Python thread
  * has to take the GIL back to return the signature, and on an event loop that is never
  * idle that hand-off costs more CPU than the signature it moved. The threads here are
  * POSIX threads that never enter the interpreter: the event loop queues signing inputs,
  * an eventfd becomes readable when signatures are finished, and the loop collects them
  * all in one call. No maintained library offers signing that way, so it is written here,
- * kept to the one algorithm whose cost makes it worth it.
+ * kept to the two algorithms this server signs tokens with.
  *
  * A Pool holds one private key. Its methods are called with the GIL held and take the
  * pool's mutex only to move jobs between lists; the workers take nothing else.
@@ -25,13 +26,18 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <openssl/bn.h>
+#include <openssl/ecdsa.h>
 #include <openssl/evp.h>
+#include <openssl/obj_mac.h>
 #include <openssl/x509.h>
 
 #define MAX_THREADS 64
 #define LOWEST_PRIORITY 19 /* the highest nice value */
 /* The name `top -H`, py-spy and /proc/PID/task/TID/comm show for the workers. */
 #define THREAD_NAME "fleetid-sign"
+/* RFC 7518 §3.4: an ES256 signature is R and S, each as 32 octets, concatenated. */
+#define P256_COORDINATE_BYTES 32
 
 typedef struct job {
     struct job *next;
@@ -45,6 +51,7 @@ typedef struct job {
 typedef struct {
     PyObject_HEAD
     EVP_PKEY *key;
+    int ecdsa; /* a P-256 key: signatures leave as R || S, not as OpenSSL's DER */
     pthread_mutex_t mutex;
     pthread_cond_t wake;
     job *queued;      /* first to sign */
@@ -57,13 +64,35 @@ typedef struct {
     pthread_t threads[MAX_THREADS];
 } Pool;
 
-static void sign_job(EVP_PKEY *key, EVP_MD_CTX *context, job *item) {
+/* The DER ECDSA signature OpenSSL makes, as R || S; NULL when it is not one. */
+static unsigned char *ecdsa_der_to_jws(const unsigned char *der, size_t length) {
+    const unsigned char *cursor = der;
+    ECDSA_SIG *parsed = d2i_ECDSA_SIG(NULL, &cursor, (long)length);
+    if (parsed == NULL) {
+        return NULL;
+    }
+    const BIGNUM *r = NULL;
+    const BIGNUM *s = NULL;
+    ECDSA_SIG_get0(parsed, &r, &s);
+    unsigned char *jws = malloc(2 * P256_COORDINATE_BYTES);
+    /* RFC 7518 §3.4: the octets "MUST NOT be shortened to omit any leading zero octets". */
+    if (jws != NULL && (BN_bn2binpad(r, jws, P256_COORDINATE_BYTES) != P256_COORDINATE_BYTES ||
+                        BN_bn2binpad(s, jws + P256_COORDINATE_BYTES, P256_COORDINATE_BYTES) !=
+                            P256_COORDINATE_BYTES)) {
+        free(jws);
+        jws = NULL;
+    }
+    ECDSA_SIG_free(parsed);
+    return jws;
+}
+
+static void sign_job(const Pool *pool, EVP_MD_CTX *context, job *item) {
     size_t length = 0;
     item->signature = NULL;
     if (context == NULL) {
         return;
     }
-    if (EVP_DigestSignInit(context, NULL, EVP_sha256(), NULL, key) == 1 &&
+    if (EVP_DigestSignInit(context, NULL, EVP_sha256(), NULL, pool->key) == 1 &&
         EVP_DigestSign(context, NULL, &length, item->data, item->length) == 1) {
         item->signature = malloc(length);
         if (item->signature != NULL &&
@@ -74,6 +103,33 @@ static void sign_job(EVP_PKEY *key, EVP_MD_CTX *context, job *item) {
         item->signature_length = length;
     }
     EVP_MD_CTX_reset(context);
+    if (pool->ecdsa && item->signature != NULL) {
+        unsigned char *jws = ecdsa_der_to_jws(item->signature, item->signature_length);
+        free(item->signature);
+        item->signature = jws;
+        item->signature_length = 2 * P256_COORDINATE_BYTES;
+    }
+}
+
+/* What Pool_init accepts: an RSA key, or an EC key on P-256. */
+static int key_kind(EVP_PKEY *key, int *ecdsa) {
+    switch (EVP_PKEY_get_base_id(key)) {
+    case EVP_PKEY_RSA:
+        *ecdsa = 0;
+        return 0;
+    case EVP_PKEY_EC: {
+        char curve[32];
+        size_t curve_length = 0;
+        if (EVP_PKEY_get_group_name(key, curve, sizeof curve, &curve_length) == 1 &&
+            strcmp(curve, SN_X9_62_prime256v1) == 0) {
+            *ecdsa = 1;
+            return 0;
+        }
+        return -1;
+    }
+    default:
+        return -1;
+    }
 }
 
 /* Linux keeps a nice value per thread, so a worker can give way to the event loop that feeds
@@ -114,7 +170,7 @@ static void *work(void *argument) {
         }
         pthread_mutex_unlock(&pool->mutex);
 
-        sign_job(pool->key, context, item);
+        sign_job(pool, context, item);
 
         pthread_mutex_lock(&pool->mutex);
         int was_empty = pool->finished == NULL;
@@ -194,9 +250,10 @@ static int Pool_init(Pool *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "key_der is not a DER-encoded private key");
         return -1;
     }
-    if (EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) {
+    int ecdsa = 0;
+    if (key_kind(key, &ecdsa) < 0) {
         EVP_PKEY_free(key);
-        PyErr_SetString(PyExc_ValueError, "the key must be an RSA private key");
+        PyErr_SetString(PyExc_ValueError, "the key must be an RSA or a P-256 private key");
         return -1;
     }
 
@@ -207,6 +264,7 @@ static int Pool_init(Pool *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->key = key;
+    self->ecdsa = ecdsa;
     self->niceness = niceness;
     pthread_mutex_init(&self->mutex, NULL);
     pthread_cond_init(&self->wake, NULL);
@@ -345,8 +403,9 @@ static PyMethodDef Pool_methods[] = {
 static PyTypeObject PoolType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "fleetid.keys._signpool.Pool",
-    .tp_doc = "Pool(key_der, threads=1, *, niceness=0): RS256 signatures with one RSA key on native\n"
-               "threads, each running `niceness` nice levels below the thread that made it.",
+    .tp_doc = "Pool(key_der, threads=1, *, niceness=0): RS256 or ES256 signatures with one RSA or\n"
+               "P-256 key on native threads, each running `niceness` nice levels below the thread\n"
+               "that made it. ES256 signatures come back as R || S (RFC 7518 section 3.4).",
     .tp_basicsize = sizeof(Pool),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -358,7 +417,7 @@ static PyTypeObject PoolType = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fleetid.keys._signpool",
-    .m_doc = "RS256 signatures computed on native threads that never take the GIL.",
+    .m_doc = "RS256 and ES256 signatures computed on native threads that never take the GIL.",
     .m_size = -1,
 };
 

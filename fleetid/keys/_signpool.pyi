@@ -1,5 +1,6 @@
 class Pool:
-    """RS256 signatures with one RSA private key, made on native threads."""
+    """RS256 or ES256 signatures with one private key (RSA, or EC on P-256), made on
+    native threads; an ES256 signature comes back as RFC 7518's R || S."""
 
     def __init__(self, key_der: bytes, threads: int = 1, *, niceness: int = 0) -> None: ...
     def submit(self, ticket: int, data: bytes, /) -> None: ...

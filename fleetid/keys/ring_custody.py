@@ -92,13 +92,13 @@ class RingCustody(KeyCustody):
         return Signature(kid=active.kid, alg=active.alg, value=value)
 
     async def sign_async(self, signing_input: bytes) -> Signature:
-        """Sign with the active key, on the signing threads when it is an RSA key and
-        `sign_on_threads` gave it some."""
+        """Sign with the active key, on the signing threads when `sign_on_threads` gave
+        it some."""
         held = self._current()
         active = held.ring.active
         key = held.private_keys[active.kid]
         threads = self._threads
-        if threads is None or not isinstance(key, rsa.RSAPrivateKey) or not threads.usable():
+        if threads is None or not threads.usable():
             return self.sign(signing_input)
 
         value = await threads.sign(active.kid, key, signing_input)
@@ -106,8 +106,8 @@ class RingCustody(KeyCustody):
         return Signature(kid=active.kid, alg=active.alg, value=value)
 
     def sign_on_threads(self, threads: int) -> None:
-        """Make `sign_async`'s RS256 signatures on this many native threads, where the
-        compiled signing threads exist; ES256 signatures are cheap and stay in place."""
+        """Make `sign_async`'s signatures on this many native threads, where the compiled
+        signing threads exist."""
         if native_signing_available():
             self._threads = SigningThreads(threads)
 

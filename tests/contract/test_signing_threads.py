@@ -1,4 +1,5 @@
-"""RS256 signatures made on native threads: the compiled pool, and a custody using it."""
+"""RS256 and ES256 signatures made on native threads: the compiled pool, and a custody
+using it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import TypeVar
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from fleetid.keys import Algorithm, KeyCustody, LocalKeyFile, encode_jwt_async
 from fleetid.keys.errors import KeyCustodyError
@@ -85,6 +87,18 @@ def _verifies(key: rsa.RSAPrivateKey, data: bytes, signature: bytes) -> bool:
     return True
 
 
+def _verifies_es256(key: ec.EllipticCurvePrivateKey, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` is R || S as RFC 7518 §3.4 has it, 32 octets each, by `key`."""
+    if len(signature) != 64:
+        return False
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    try:
+        key.public_key().verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+    except Exception:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -115,13 +129,35 @@ def test_every_submitted_input_comes_back_signed_under_its_ticket(
     assert pool.collect() == []
 
 
+def test_a_p256_key_signs_es256_as_r_and_s() -> None:
+    from fleetid.keys._signpool import Pool
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pool = Pool(_der(key), 2)
+    # Enough signatures that some R or S begins with a zero octet, which must be kept: about
+    # one signature in 128 has one, so 3,000 miss it with a chance of about 1 in 10^10.
+    inputs = {ticket: os.urandom(ticket % 300 + 1) for ticket in range(3000)}
+    for ticket, data in inputs.items():
+        pool.submit(ticket, data)
+    pool.close()
+
+    results = dict(pool.collect())
+
+    assert results.keys() == inputs.keys()
+    assert all(_verifies_es256(key, inputs[t], signature) for t, signature in results.items())
+    assert any(signature[0] == 0 or signature[32] == 0 for signature in results.values())
+
+
 def test_the_pool_refuses_what_it_cannot_sign_with(rsa_key: rsa.RSAPrivateKey) -> None:
     from fleetid.keys._signpool import Pool
 
     with pytest.raises(ValueError, match="not a DER-encoded private key"):
         Pool(b"not a key", 1)
-    with pytest.raises(ValueError, match="must be an RSA private key"):
-        Pool(_der(ec.generate_private_key(ec.SECP256R1())), 1)
+    for curve in (ec.SECP384R1(), ec.SECP256K1()):
+        with pytest.raises(ValueError, match="must be an RSA or a P-256 private key"):
+            Pool(_der(ec.generate_private_key(curve)), 1)
+    with pytest.raises(ValueError, match="must be an RSA or a P-256 private key"):
+        Pool(_der(ed25519.Ed25519PrivateKey.generate()), 1)
     with pytest.raises(ValueError, match="threads must be between 1 and 64"):
         Pool(_der(rsa_key), 0)
 
@@ -236,8 +272,9 @@ def test_threads_first_used_on_one_loop_refuse_another(rsa_key: rsa.RSAPrivateKe
     threads.close()
 
 
-def test_a_local_key_file_signs_rs256_on_its_threads(tmp_path: Path) -> None:
-    custody = LocalKeyFile(tmp_path / "keys.json", algorithm="RS256")
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_a_local_key_file_signs_on_its_threads(tmp_path: Path, algorithm: Algorithm) -> None:
+    custody = LocalKeyFile(tmp_path / "keys.json", algorithm=algorithm)
     custody.sign_on_threads(1)
     before = _signing_threads_settle_at(0)
     claims = {"iss": "https://id.example.test", "aud": AUDIENCE, "sub": "agent", "exp": 2**40}
@@ -253,25 +290,20 @@ def test_a_local_key_file_signs_rs256_on_its_threads(tmp_path: Path) -> None:
     for token in tokens:
         kid = jwt.get_unverified_header(token)["kid"]
         key = next(k for k in keys.keys if k.key_id == kid)
-        assert (
-            jwt.decode(token, key.key, algorithms=["RS256"], audience=AUDIENCE)["sub"] == "agent"
-        )
+        decoded = jwt.decode(token, key.key, algorithms=[algorithm], audience=AUDIENCE)
+        assert decoded["sub"] == "agent"
 
 
-def test_es256_and_signing_off_any_loop_stay_in_place(tmp_path: Path) -> None:
+def test_signing_off_any_loop_stays_in_place(tmp_path: Path) -> None:
     es256 = LocalKeyFile(tmp_path / "es.json", algorithm="ES256")
     es256.sign_on_threads(1)
     rs256 = LocalKeyFile(tmp_path / "rs.json", algorithm="RS256")
     rs256.sign_on_threads(1)
     before = _signing_threads_settle_at(0)
 
-    async def es256_signature() -> int:
-        await es256.sign_async(b"header.payload")
-        return _signing_threads_settle_at(before)
-
-    assert asyncio.run(es256_signature()) == before
     # The synchronous contract is untouched: no loop, no threads.
     assert len(rs256.sign(b"header.payload").value) == 256
+    assert len(es256.sign(b"header.payload").value) == 64
     assert _signing_threads_settle_at(before) == before
 
 
@@ -290,7 +322,7 @@ def test_a_failed_signature_is_a_custody_error(rsa_key: rsa.RSAPrivateKey) -> No
         threads._answer(FailedPool())  # type: ignore[arg-type]
         await waiting
 
-    with pytest.raises(KeyCustodyError, match="failed to make an RS256 signature"):
+    with pytest.raises(KeyCustodyError, match="OpenSSL failed to make a signature"):
         asyncio.run(answer_with_failure())
 
 
@@ -309,10 +341,10 @@ def test_the_token_service_gives_threads_to_custodies_present_and_to_come(
 
     async def sign_both() -> tuple[int, int]:
         await tokens.sign(claims)
-        after_es256 = _signing_threads_settle_at(before)
+        after_es256 = _signing_threads_settle_at(before + 1)
         await tokens.sign(claims, algorithm="RS256")
-        return after_es256, _signing_threads_settle_at(before + 1)
+        return after_es256, _signing_threads_settle_at(before + 2)
 
     after_es256, after_rs256 = asyncio.run(sign_both())
 
-    assert (after_es256, after_rs256) == (before, before + 1)
+    assert (after_es256, after_rs256) == (before + 1, before + 2)
