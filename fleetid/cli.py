@@ -12,6 +12,7 @@ secret.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
 
@@ -436,6 +438,54 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _issuer_url(issuer: str | None, host: str, port: int) -> str:
+    """The issuer `serve` announces: `--issuer` when given, else the address it listens on,
+    which must then be one address that clients can reach."""
+    if issuer is not None:
+        return _checked_issuer(issuer)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host:
+            return f"http://{host}:{port}"
+        address = None
+    if address is None or address.is_unspecified:
+        listens = f"--host {host!r}" if not host else f"--host {host}"
+        raise _Failed(
+            f"{listens} listens on every address of the machine, which is no URL clients "
+            f"can use as the issuer: give the one they reach it at with --issuer, such as "
+            f"--issuer http://HOSTNAME:{port}",
+            EXIT_INVALID,
+        )
+    if address.version == 6:
+        return f"http://[{address.compressed}]:{port}"
+    return f"http://{host}:{port}"
+
+
+def _checked_issuer(issuer: str) -> str:
+    # RFC 8414 §2: the issuer is "a URL that uses the "https" scheme and has no query or
+    # fragment components"; http is accepted too, for a server on a developer's machine.
+    problem = None
+    try:
+        parts = urlsplit(issuer)
+        parts.port  # noqa: B018 - parsing the port is what checks it
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "it must be an http or https URL"
+        elif not parts.hostname:
+            problem = "it names no host"
+        elif parts.query or parts.fragment or issuer.endswith(("?", "#")):
+            problem = "an issuer has no query or fragment (RFC 8414 section 2)"
+        elif parts.username is not None or parts.password is not None:
+            # Not repeated: what stands before the @ may be a password.
+            raise _Failed("--issuer: an issuer carries no user name or password", EXIT_INVALID)
+    if problem is not None:
+        raise _Failed(f"--issuer {issuer!r}: {problem}", EXIT_INVALID)
+    return issuer
+
+
 def _check_listening(host: str, port: int) -> None:
     """Fail now, before anything is printed, where uvicorn would fail to listen."""
     where = _address(host, port)
@@ -462,7 +512,11 @@ def _check_listening(host: str, port: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535))
 @_STATE
-@click.option("--issuer", help="the issuer URL, when the server sits behind a proxy")
+@click.option(
+    "--issuer",
+    help="the URL clients reach the server at, when it is not http://HOST:PORT: behind a "
+    "proxy, or on --host 0.0.0.0",
+)
 def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> None:
     """Run the identity server on this machine, with embedded state.
 
@@ -483,9 +537,9 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     if port == 0:
         # The issuer and discovery URLs carry the port: clients could not find a random one.
         raise _Failed("--port 0 is not supported: the issuer URL must name the port", EXIT_INVALID)
+    base = _issuer_url(issuer, host, port)
     _check_listening(host, port)
     configure_server_logging()
-    base = issuer or f"http://{host}:{port}"
     local = LocalState(Path(state))
     revision = _compile(fleet)
     _create_state_folder(local)

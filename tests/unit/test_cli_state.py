@@ -324,6 +324,92 @@ def test_serve_refuses_port_0(
     )
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", ""])  # noqa: S104 - refused, never bound
+def test_serve_on_every_address_needs_the_issuer_clients_use(
+    run: Callable[..., Run], example_copy: Path, tmp_path: Path, no_server: None, host: str
+) -> None:
+    state = tmp_path / "state"
+
+    result = serve(run, example_copy, state, "--host", host)
+
+    assert result.code == 2
+    assert result.out == ""
+    [line] = result.err.splitlines()
+    assert "listens on every address of the machine" in line
+    assert "give the one they reach it at with --issuer" in line
+    # Refused before anything was bound or made.
+    assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    ("issuer", "problem"),
+    [
+        ("id.example.test", "it must be an http or https URL"),
+        ("ftp://id.example.test", "it must be an http or https URL"),
+        ("https:///fleetid", "it names no host"),
+        ("https://id.example.test/?tenant=acme", "no query or fragment (RFC 8414 section 2)"),
+        ("https://id.example.test/#top", "no query or fragment (RFC 8414 section 2)"),
+        ("https://id.example.test?", "no query or fragment (RFC 8414 section 2)"),
+        ("https://id.example.test:99999", "Port out of range"),
+    ],
+)
+def test_serve_refuses_an_issuer_that_is_no_issuer_url(
+    run: Callable[..., Run],
+    example_copy: Path,
+    tmp_path: Path,
+    no_server: None,
+    issuer: str,
+    problem: str,
+) -> None:
+    result = serve(run, example_copy, tmp_path / "state", "--issuer", issuer)
+
+    assert result.code == 2
+    assert result.err.startswith(f"fleetid: --issuer {issuer!r}: ")
+    assert problem in result.err
+
+
+def test_serve_does_not_repeat_an_issuer_with_a_password(
+    run: Callable[..., Run], example_copy: Path, tmp_path: Path, no_server: None
+) -> None:
+    result = serve(
+        run, example_copy, tmp_path / "state", "--issuer", "https://admin:hunter2@id.example.test"
+    )
+
+    assert result.code == 2
+    assert result.err == "fleetid: --issuer: an issuer carries no user name or password\n"
+
+
+@pytest.mark.parametrize(
+    ("host", "issuer"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8787"),
+        ("localhost", "http://localhost:8787"),
+        ("::1", "http://[::1]:8787"),
+        ("0:0:0:0:0:0:0:1", "http://[::1]:8787"),
+    ],
+)
+def test_the_default_issuer_is_the_address_served(host: str, issuer: str) -> None:
+    # Called directly: binding anything but 127.0.0.1 is not for these tests.
+    from fleetid.cli import _issuer_url
+
+    assert _issuer_url(None, host, 8787) == issuer
+
+
+def test_serve_announces_the_issuer_it_is_given(
+    run: Callable[..., Run], example_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fleetid.server.serving.serve", lambda *args: None)
+
+    result = serve(
+        run, example_copy, tmp_path / "state", "--issuer", "https://id.example.test/fleetid/"
+    )
+
+    assert result.code == 0, result.err
+    assert "discovery: https://id.example.test/fleetid/.well-known/openid-configuration\n" in (
+        result.out
+    )
+
+
 def test_a_server_that_does_not_start_exits_1_not_3(
     run: Callable[..., Run],
     example_copy: Path,
