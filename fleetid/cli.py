@@ -450,11 +450,10 @@ def _issuer_url(issuer: str | None, host: str, port: int) -> str:
             return f"http://{host}:{port}"
         address = None
     if address is None or address.is_unspecified:
-        listens = f"--host {host!r}" if not host else f"--host {host}"
         raise _Failed(
-            f"{listens} listens on every address of the machine, which is no URL clients "
-            f"can use as the issuer: give the one they reach it at with --issuer, such as "
-            f"--issuer http://HOSTNAME:{port}",
+            f"--host {host or repr(host)} listens on every address of the machine, which is "
+            "no URL clients can use as the issuer: give the one they reach it at with "
+            f"--issuer, such as --issuer http://HOSTNAME:{port}",
             EXIT_INVALID,
         )
     if address.version == 6:

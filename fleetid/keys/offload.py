@@ -2,9 +2,10 @@
 
 An RSA-2048 signature costs a few hundred microseconds, most of the CPU an RS256 token
 takes. On the event loop's own thread it caps one server process at one core of tokens.
-An ES256 signature is cheaper alone (about 26 µs here), but made on a loop under load it
-took 65-80 µs of the loop's time: with it in place the loop was the limit at 4,100-4,700
-ES256 token exchanges a second, and without it, at 6,000-6,500.
+An ES256 signature is cheaper, but made on a loop under load it took 60-70 µs of the
+loop's time, three times what it takes on a signing thread (20-25 µs): side by side, the
+ES256 token exchange made 4,000-4,800 tokens a second with its signatures on the loop and
+5,600-6,500 with them on two threads, the loop the limit both ways.
 Python threads do not lift that cap: OpenSSL computes without the GIL, but each thread must
 take the GIL back to return its signature, and on a loop that is never idle that hand-off
 costs more than the signature it moved. `fleetid.keys._signpool` (C, built with the
