@@ -29,7 +29,7 @@ AUDIENCE = "https://api.example.test/invoices"
 T = TypeVar("T")
 
 
-def _der(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+def _der(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
@@ -110,13 +110,15 @@ def test_the_compiled_pool_is_built_with_the_package() -> None:
     assert native_signing_available()
 
 
-def test_every_submitted_input_comes_back_signed_under_its_ticket(
-    rsa_key: rsa.RSAPrivateKey,
-) -> None:
+def _signed_by_a_pool(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, count: int
+) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """`count` random inputs, and the signature a pool of two threads with `key` made of
+    each, by ticket."""
     from fleetid.keys._signpool import Pool
 
-    pool = Pool(_der(rsa_key), 2)
-    inputs = {ticket: os.urandom(ticket % 300 + 1) for ticket in range(200)}
+    pool = Pool(_der(key), 2)
+    inputs = {ticket: os.urandom(ticket % 300 + 1) for ticket in range(count)}
     for ticket, data in inputs.items():
         pool.submit(ticket, data)
     # close() lets the threads sign everything queued before they stop.
@@ -124,24 +126,26 @@ def test_every_submitted_input_comes_back_signed_under_its_ticket(
 
     results = dict(pool.collect())
 
+    assert pool.collect() == []
+    signatures = {ticket: value for ticket, value in results.items() if value is not None}
+    assert len(signatures) == len(results), "OpenSSL failed to make some signatures"
+    return inputs, signatures
+
+
+def test_every_submitted_input_comes_back_signed_under_its_ticket(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    inputs, results = _signed_by_a_pool(rsa_key, 200)
+
     assert results.keys() == inputs.keys()
     assert all(_verifies(rsa_key, inputs[t], signature) for t, signature in results.items())
-    assert pool.collect() == []
 
 
 def test_a_p256_key_signs_es256_as_r_and_s() -> None:
-    from fleetid.keys._signpool import Pool
-
     key = ec.generate_private_key(ec.SECP256R1())
-    pool = Pool(_der(key), 2)
     # Enough signatures that some R or S begins with a zero octet, which must be kept: about
     # one signature in 128 has one, so 3,000 miss it with a chance of about 1 in 10^10.
-    inputs = {ticket: os.urandom(ticket % 300 + 1) for ticket in range(3000)}
-    for ticket, data in inputs.items():
-        pool.submit(ticket, data)
-    pool.close()
-
-    results = dict(pool.collect())
+    inputs, results = _signed_by_a_pool(key, 3000)
 
     assert results.keys() == inputs.keys()
     assert all(_verifies_es256(key, inputs[t], signature) for t, signature in results.items())
