@@ -444,19 +444,17 @@ def _issuer_url(issuer: str | None, host: str, port: int) -> str:
     if issuer is not None:
         return _checked_issuer(issuer)
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if host:
-            return f"http://{host}:{port}"
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:  # a host name
         address = None
-    if address is None or address.is_unspecified:
+    if not host or (address is not None and address.is_unspecified):
         raise _Failed(
             f"--host {host or repr(host)} listens on every address of the machine, which is "
             "no URL clients can use as the issuer: give the one they reach it at with "
             f"--issuer, such as --issuer http://HOSTNAME:{port}",
             EXIT_INVALID,
         )
-    if address.version == 6:
+    if address is not None and address.version == 6:
         return f"http://[{address.compressed}]:{port}"
     return f"http://{host}:{port}"
 
