@@ -1,4 +1,5 @@
-"""The one compiled piece of fleetid: RS256 signing on native threads (fleetid/keys/_signpool.c).
+"""The one compiled piece of fleetid: RS256 and ES256 signing on native threads
+(fleetid/keys/_signpool.c).
 
 Everything else is in pyproject.toml. The extension is optional: where no C compiler or
 OpenSSL headers are found, the install goes on without it and `fleetid serve` signs on the

@@ -15,8 +15,9 @@ microseconds per token, and the share of the machine's CPU that its hypervisor t
 meanwhile. The peer signs on Node's thread pool and can use more than one core; one fleetid
 process runs Python on one. Under the table: the goal, met or missed by each token exchange
 row, and the signing rate of one core here, measured before the loads with the library and
-key sizes the server uses, which bounds what any single core can issue. A ratio near the
-goal can be met in one run and missed in the next: read several.
+key sizes the server uses, which bounds what any single core can issue; last, the
+interpreter fleetid ran on. A ratio near the goal can be met in one run and missed in the
+next: read several.
 
 One more row, beside the goal rather than in it: the same peer signing ES256, so that
 fleetid's ES256 rows can also be read against the same algorithm. It is the peer's own
@@ -470,7 +471,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
     _print(rows, options, rates)
+    print(_server_python())
     return 0
+
+
+def _server_python() -> str:
+    """Which interpreter ran fleetid: its build changes what the loop costs (Makefile)."""
+    python = ROOT / ".venv" / "bin" / "python"
+    version = subprocess.run(
+        [str(python), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return f"fleetid ran on Python {version}, {os.path.realpath(python)}"
 
 
 def _print(
