@@ -1,11 +1,11 @@
 # The two commands in the README do all the set-up: each creates .venv when it is missing
 # or older than pyproject.toml.
 VENV ?= .venv
-# The interpreter .venv is made from: the system's python3 where it is 3.11 or newer and can
-# make a venv and build the signing extension, otherwise python3 on PATH. Debian's python3 is
-# built with profile-guided optimisation and LTO; pyenv's default build is neither, and with
-# it `fleetid serve` made about 8% fewer RS256 exchange tokens a second, measured side by
-# side. `make PYTHON=...` picks another.
+# The interpreter .venv is made from: the system's python3 where it is 3.11 or newer, has
+# ensurepip (to make a venv) and its C headers (to build the signing extension); otherwise
+# python3 on PATH. Debian's python3 is built with profile-guided optimisation and LTO;
+# pyenv's default build is neither, and with it `fleetid serve` made about 8% fewer RS256
+# exchange tokens a second, measured side by side. `make PYTHON=...` picks another.
 SYSTEM_PYTHON := /usr/bin/python3
 PYTHON ?= $(shell $(SYSTEM_PYTHON) -c 'import ensurepip, os, sys, sysconfig; \
 	sys.exit(sys.version_info < (3, 11) or not os.path.isfile( \
