@@ -63,6 +63,8 @@ from fleetid.login import login
 ROOT = Path(__file__).resolve().parent.parent
 PEER_SOURCE = ROOT.parent / "shared" / "peers" / "oidc-provider"
 PEER_COPY = ROOT / "bench" / "out" / "oidc-provider"
+# What `make` installed fleetid in: the benchmark runs the server as installed.
+VENV_BIN = ROOT / ".venv" / "bin"
 CRM = "https://crm.acme.example.com"
 CRM_ES256 = "https://crm-es256.acme.example.com"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -198,7 +200,7 @@ def _fleetid(folder: Path) -> Iterator[str]:
     log = (folder / "serve.log").open("w")
     process = subprocess.Popen(
         [
-            str(ROOT / ".venv" / "bin" / "fleetid"),
+            str(VENV_BIN / "fleetid"),
             "serve",
             "--fleet",
             str(fleet),
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _server_python() -> str:
     """Which interpreter ran fleetid: its build changes what the loop costs (Makefile)."""
-    python = ROOT / ".venv" / "bin" / "python"
+    python = VENV_BIN / "python"
     version = subprocess.run(
         [str(python), "-c", "import platform; print(platform.python_version())"],
         capture_output=True,

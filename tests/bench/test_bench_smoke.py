@@ -4,6 +4,7 @@ measurement of `bench.fleet` goes through. No duration is asserted."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,20 @@ def test_the_server_benchmark_measures_signing_with_the_servers_keys() -> None:
     assert rates.rs256 > 0
     # P-256 signatures are several times cheaper than RSA-2048 ones on any machine.
     assert rates.es256 > rates.rs256
+
+
+def test_the_server_benchmark_names_the_interpreter_fleetid_ran_on() -> None:
+    python = bench_server.VENV_BIN / "python"
+    version = subprocess.run(
+        [str(python), "-c", "import sys; print('.'.join(map(str, sys.version_info[:3])))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+    assert bench_server._server_python() == (
+        f"fleetid ran on Python {version}, {os.path.realpath(python)}"
+    )
 
 
 def test_the_peer_is_rewritten_to_sign_es256_or_not_at_all(
