@@ -7,7 +7,7 @@ VENV ?= .venv
 # pyenv's default build is neither, and with it `fleetid serve` made about 8% fewer RS256
 # exchange tokens a second, measured side by side. `make PYTHON=...` picks another.
 SYSTEM_PYTHON := /usr/bin/python3
-PYTHON ?= $(shell $(SYSTEM_PYTHON) -c 'import ensurepip, os, sys, sysconfig; \
+PYTHON ?= $(shell $(SYSTEM_PYTHON) -c 'import ensurepip, os, sys, sysconfig; ensurepip.version(); \
 	sys.exit(sys.version_info < (3, 11) or not os.path.isfile( \
 	os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null \
 	&& echo $(SYSTEM_PYTHON) || echo python3)
