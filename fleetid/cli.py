@@ -525,7 +525,13 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     from fleetid.keys.offload import signing_threads_for_this_machine
     from fleetid.server.app import create_app
     from fleetid.server.clients import LocalClientSecrets
-    from fleetid.server.local import LocalState, LocalStateError, RevisionWatcher, open_local
+    from fleetid.server.local import (
+        LocalState,
+        LocalStateError,
+        RevisionWatcher,
+        fleet_marks,
+        open_local,
+    )
     from fleetid.server.logs import configure_server_logging
     from fleetid.server.serving import serve as run_server
     from fleetid.store import StoreError
@@ -538,6 +544,8 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     _check_listening(host, port)
     configure_server_logging()
     local = LocalState(Path(state))
+    # Before the fleet is read, so that an edit made while the server starts is switched in.
+    marks = fleet_marks(fleet)
     revision = _compile(fleet)
     _create_state_folder(local)
     try:
@@ -549,10 +557,7 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     with held:
         _check_state(local, revision)
         try:
-            context = open_local(fleet, local, base)
-        except FleetInvalid as invalid:
-            _report(invalid.problems, "text")
-            raise _Failed("", EXIT_INVALID) from invalid
+            context = open_local(fleet, local, base, revision=revision)
         except (StoreError, KeyCustodyError, VaultError, LocalStateError, OSError) as exc:
             raise _Failed(_state_problem(local, exc)) from exc
         _record_served_fleet(local, fleet)
@@ -566,8 +571,7 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
             for agent in secrets.ensure(sorted(revision.fleet.agents)):
                 click.echo(f"new agent {agent}: client_id {agent}")
 
-        watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=local)
-        revision = context.live.get()
+        watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=local, seen=marks)
         click.echo(f"fleetid: revision {revision.short} of {revision.fleet.identity.name}")
         click.echo(f"discovery: {context.issuer}/.well-known/openid-configuration")
         for agent in sorted(revision.fleet.agents):

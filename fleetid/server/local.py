@@ -66,10 +66,12 @@ from fleetid.store import SQLiteStore, StoreError
 from fleetid.vault import LocalEnvelope, Vault
 
 __all__ = [
+    "FileMarks",
     "LocalState",
     "LocalStateError",
     "RevisionWatcher",
     "ServingLock",
+    "fleet_marks",
     "load_key_ring",
     "open_local",
 ]
@@ -251,9 +253,13 @@ def _custodies(state: LocalState, default: Algorithm) -> Callable[[Algorithm], K
     return custody_for
 
 
-def open_local(fleet: str | Path, state: LocalState, issuer: str) -> ServerContext:
-    """A server context on the state folder, for the fleet as it is now."""
-    revision = compile_sources(read_sources(fleet))
+def open_local(
+    fleet: str | Path, state: LocalState, issuer: str, *, revision: Revision | None = None
+) -> ServerContext:
+    """A server context on the state folder, for the fleet as it is now, or for `revision`
+    when the caller has already compiled it from `fleet`."""
+    if revision is None:
+        revision = compile_sources(read_sources(fleet))
     state.create()
     secrets = LocalClientSecrets(state.clients)
     secrets.ensure(sorted(revision.fleet.agents))
@@ -305,7 +311,17 @@ def _key_files(state: LocalState | None) -> list[Path]:
     return [state.keys, *named]
 
 
-def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int, int], ...]:
+FileMarks = tuple[tuple[str, int, int, int], ...]
+"""What the watcher compares to tell that files changed: each one's path, times and size."""
+
+
+def fleet_marks(fleet: str | Path) -> FileMarks:
+    """The marks of the fleet file and its policies/ as they are now. Taken before the fleet
+    is compiled, they let a `RevisionWatcher` see an edit made while the server started."""
+    return _fingerprint(_fleet_files(Path(fleet)))
+
+
+def _fingerprint(paths: list[Path]) -> FileMarks:
     marks = []
     for path in paths:
         try:
@@ -345,13 +361,16 @@ class RevisionWatcher:
         interval: float = 1.0,
         on_switch: Callable[[Revision], None] | None = None,
         state: LocalState | None = None,
+        seen: FileMarks | None = None,
     ) -> None:
+        """`seen`: the fleet's marks when the live revision was read (`fleet_marks`); by
+        default, the marks as they are now."""
         self.fleet = Path(fleet)
         self.context = context
         self.interval = interval
         self.on_switch = on_switch
         self.state = state
-        self._seen = _fingerprint(_fleet_files(self.fleet))
+        self._seen = fleet_marks(self.fleet) if seen is None else seen
         self._keys_seen = _fingerprint(_key_files(state))
         self._refused: _Refusal | None = None
         self._stop = threading.Event()
@@ -397,7 +416,7 @@ class RevisionWatcher:
     def check(self) -> bool:
         """Reload if the files changed, or retry a refused switch; True when a new revision
         went live."""
-        current = _fingerprint(_fleet_files(self.fleet))
+        current = fleet_marks(self.fleet)
         if current != self._seen:
             self._seen = current
             self._refused = None

@@ -37,7 +37,7 @@ from fleetid.fleet.compile import Revision
 from fleetid.keys import LocalKeyFile
 from fleetid.keys.ring import JWKS_MAX_AGE
 from fleetid.server.context import LiveRevision
-from fleetid.server.local import LocalState, RevisionWatcher
+from fleetid.server.local import LocalState, RevisionWatcher, fleet_marks
 
 SHORTER = ("max_lifetime: 2m", "max_lifetime: 1m")
 
@@ -226,6 +226,22 @@ def test_a_valid_edit_switches_the_live_revision(server: Server) -> None:
     assert claims_of(token)["revision"] == server.revision.hash
     assert _lifetime(token) == 60
     assert watcher.check() is False
+
+
+def test_an_edit_made_while_the_server_started_is_switched_in(server: Server) -> None:
+    # `fleetid serve` takes the marks before it reads the fleet, and starts the watcher once
+    # the rest of the state is open: an edit in between is the watcher's first change.
+    marks = fleet_marks(server.fleet)
+    before = server.revision
+    _shorter_machine_tokens(server.fleet)
+
+    unaware = RevisionWatcher(server.fleet, server.context)
+    watcher = RevisionWatcher(server.fleet, server.context, seen=marks)
+
+    assert unaware.check() is False
+    assert watcher.check() is True
+    assert server.revision.hash != before.hash
+    assert _lifetime(server.machine_token(RECONCILER)) == 60
 
 
 def test_an_edit_that_changes_no_meaning_switches_nothing(server: Server) -> None:
