@@ -20,6 +20,8 @@ from components import (
     IdentityServer,
     IdentityServerArgs,
     LambdaCode,
+    ResourceClient,
+    ResourceClientArgs,
     RevisionRelease,
     RevisionReleaseArgs,
     Vault,
@@ -62,11 +64,19 @@ gateways = {
     name: Gateway(name, GatewayArgs(revision, name, server.link))
     for name in sorted(revision.fleet.gateways)
 }
+introspecting = {
+    name: ResourceClient(name, ResourceClientArgs(name, server.link))
+    for name, resource in sorted(revision.fleet.resources.items())
+    if resource.introspection
+}
 
 release = RevisionRelease(
     "revision",
     RevisionReleaseArgs(
-        revision, sources, server.link, after=[vault, *runtimes.values(), *elsewhere.values()]
+        revision,
+        sources,
+        server.link,
+        after=[vault, *runtimes.values(), *elsewhere.values(), *introspecting.values()],
     ),
 )
 
@@ -86,6 +96,15 @@ pulumi.export(
         {
             name: {"client_id": client.client_id, "client_secret": client.client_secret}
             for name, client in elsewhere.items()
+        }
+    ),
+)
+pulumi.export(
+    "resourceClients",
+    pulumi.Output.secret(
+        {
+            name: {"client_id": client.client_id, "client_secret": client.client_secret}
+            for name, client in introspecting.items()
         }
     ),
 )

@@ -4,7 +4,7 @@
   role and logs (`CustomDomain` puts it under a domain of the team's own);
 - `Vault`: the connections vault's KMS key and the connection secrets provisioned into it;
 - `AgentClient`: an agent's client credentials; alone, a directory entry for an agent that
-  runs elsewhere;
+  runs elsewhere; `ResourceClient`: those of a resource's server that introspects;
 - `AgentRuntime`: an agent on AgentCore Runtime, trusting fleetid's tokens;
 - `Gateway`: an MCP gateway on AgentCore Gateway for the agents it lists;
 - `RevisionRelease`: the revision object, the pointer that makes it live, and the policy
@@ -13,7 +13,12 @@
 `__main__.py` reads the fleet through fleetid and wires these; it decides nothing else.
 """
 
-from components.agent_client import AgentClient, AgentClientArgs
+from components.agent_client import (
+    AgentClient,
+    AgentClientArgs,
+    ResourceClient,
+    ResourceClientArgs,
+)
 from components.agent_runtime import AgentRuntime, AgentRuntimeArgs
 from components.gateway import Gateway, GatewayArgs
 from components.identity_server import IdentityServer, IdentityServerArgs, LambdaCode, ServerLink
@@ -32,6 +37,8 @@ __all__ = [
     "IdentityServerArgs",
     "LambdaCode",
     "MissingConnectionSecret",
+    "ResourceClient",
+    "ResourceClientArgs",
     "RevisionRelease",
     "RevisionReleaseArgs",
     "ServerLink",

@@ -7,6 +7,7 @@ digest is written to the server's table, where `StoredClientSecrets` reads it.
 
 An agent on AgentCore gets its secret through Secrets Manager (`AgentRuntime`); an agent
 elsewhere is a directory entry, and its credentials are stack outputs marked secret.
+`ResourceClient` is the same for the server of a resource that introspects.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from fleetid.deploy.records import CLIENT_SECRET_NAMESPACE, record_item_json
 from fleetid.server.tokens import digest
 from fleetid.store.dynamodb import HASH_KEY, RANGE_KEY
 
-__all__ = ["AgentClient", "AgentClientArgs"]
+__all__ = [
+    "AgentClient",
+    "AgentClientArgs",
+    "ResourceClient",
+    "ResourceClientArgs",
+    "client_secret",
+]
 
 # The prefix fleetid's client secrets carry everywhere, so secret scanners can tell them.
 SECRET_PREFIX = "fis_"
@@ -44,27 +51,57 @@ class AgentClient(pulumi.ComponentResource):
         self, name: str, args: AgentClientArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("fleetid:index:AgentClient", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-
-        # 43 characters from 62 letters and digits: 256 bits from the provider's CSPRNG.
-        password = random.RandomPassword(f"{name}-secret", length=43, special=False, opts=child)
-        self.client_secret = pulumi.Output.secret(
-            password.result.apply(lambda value: SECRET_PREFIX + value)
-        )
-
-        # The server compares digests; the table never holds a secret.
-        aws.dynamodb.TableItem(
-            f"{name}-digest",
-            table_name=args.server.table_name,
-            hash_key=HASH_KEY,
-            range_key=RANGE_KEY,
-            item=self.client_secret.apply(
-                lambda secret: record_item_json(
-                    CLIENT_SECRET_NAMESPACE, args.agent, {"sha256": digest(secret)}
-                )
-            ),
-            opts=child,
-        )
-
+        self.client_secret = client_secret(name, args.agent, args.server, self)
         self.client_id = pulumi.Output.from_input(args.agent)
         self.register_outputs({"client_id": self.client_id, "client_secret": self.client_secret})
+
+
+@dataclass
+class ResourceClientArgs:
+    """The resource whose server introspects, and the server whose table gets the digest."""
+
+    resource: str
+    server: ServerLink
+
+
+class ResourceClient(pulumi.ComponentResource):
+    """The client credentials of a resource's server, for the introspection endpoint only:
+    its `client_id` is the resource's name, which no agent shares (fleetid validates it)."""
+
+    client_id: pulumi.Output[str]
+    client_secret: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ResourceClientArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("fleetid:index:ResourceClient", name, None, opts)
+        self.client_secret = client_secret(name, args.resource, args.server, self)
+        self.client_id = pulumi.Output.from_input(args.resource)
+        self.register_outputs({"client_id": self.client_id, "client_secret": self.client_secret})
+
+
+def client_secret(
+    name: str, client_id: str, server: ServerLink, parent: pulumi.ComponentResource
+) -> pulumi.Output[str]:
+    """A new client secret for `client_id`, kept in state as a secret; its digest goes to
+    the server's table."""
+    child = pulumi.ResourceOptions(parent=parent)
+
+    # 43 characters from 62 letters and digits: 256 bits from the provider's CSPRNG.
+    password = random.RandomPassword(f"{name}-secret", length=43, special=False, opts=child)
+    secret = pulumi.Output.secret(password.result.apply(lambda value: SECRET_PREFIX + value))
+
+    # The server compares digests; the table never holds a secret.
+    aws.dynamodb.TableItem(
+        f"{name}-digest",
+        table_name=server.table_name,
+        hash_key=HASH_KEY,
+        range_key=RANGE_KEY,
+        item=secret.apply(
+            lambda value: record_item_json(
+                CLIENT_SECRET_NAMESPACE, client_id, {"sha256": digest(value)}
+            )
+        ),
+        opts=child,
+    )
+    return secret

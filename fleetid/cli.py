@@ -524,7 +524,7 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
     from fleetid.keys import KeyCustodyError
     from fleetid.keys.offload import signing_threads_for_this_machine
     from fleetid.server.app import create_app
-    from fleetid.server.clients import LocalClientSecrets
+    from fleetid.server.clients import LocalClientSecrets, confidential_clients
     from fleetid.server.local import (
         LocalState,
         LocalStateError,
@@ -568,14 +568,18 @@ def serve(fleet: str, host: str, port: int, state: str, issuer: str | None) -> N
         assert isinstance(secrets, LocalClientSecrets)
 
         def on_switch(revision: Revision) -> None:
-            for agent in secrets.ensure(sorted(revision.fleet.agents)):
-                click.echo(f"new agent {agent}: client_id {agent}")
+            for client_id in secrets.ensure(confidential_clients(revision.fleet)):
+                kind = "agent" if client_id in revision.fleet.agents else "resource server"
+                click.echo(f"new {kind} {client_id}: client_id {client_id}")
 
         watcher = RevisionWatcher(fleet, context, on_switch=on_switch, state=local, seen=marks)
         click.echo(f"fleetid: revision {revision.short} of {revision.fleet.identity.name}")
         click.echo(f"discovery: {context.issuer}/.well-known/openid-configuration")
         for agent in sorted(revision.fleet.agents):
             click.echo(f"  agent {agent}: client_id {agent}")
+        for name, resource in sorted(revision.fleet.resources.items()):
+            if resource.introspection:
+                click.echo(f"  resource {name}: client_id {name}, for introspection")
         click.echo(f"credentials: fleetid credentials AGENT --state {state}")
         watcher.start()
         try:
@@ -597,15 +601,25 @@ def credentials(agent: str, state: str, fleet: str | None) -> None:
     """Print AGENT's local client_id and client_secret as JSON.
 
     AGENT must be in the fleet: the server accepts no credentials of an agent removed
-    from it.
+    from it. A resource whose server introspects (`introspection: true`) has credentials
+    too, under its name.
     """
+    from fleetid.server.clients import confidential_clients
+
     secrets = _local_secrets(state)
     served = _served_fleet(state, fleet)
-    if agent not in _compile(served).fleet.agents:
+    declared = _compile(served).fleet
+    if agent not in confidential_clients(declared):
+        if agent in declared.resources:
+            raise _Failed(
+                f"resource {agent!r} in {served} has no credentials: "
+                "`introspection: true` gives its server some",
+                EXIT_INVALID,
+            )
         raise _Failed(f"no agent {agent!r} in {served}", EXIT_INVALID)
     secret = secrets.secret(agent)
     if secret is None:
-        raise _Failed(f"no credentials for agent {agent!r} in {state}", EXIT_INVALID)
+        raise _Failed(f"no credentials for {agent!r} in {state}", EXIT_INVALID)
     click.echo(json.dumps({"client_id": agent, "client_secret": secret}, indent=2))
 
 

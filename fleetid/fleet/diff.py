@@ -985,13 +985,36 @@ def _compare_resources(
                 join_pointer("resources", name, "signing_algorithm"),
                 f"tokens for resource {name} are now signed with {algorithm}",
             )
+        if old.introspection != new.introspection:
+            pointer = join_pointer("resources", name, "introspection")
+            if new.introspection:
+                found.widens(
+                    "resource",
+                    pointer,
+                    f"the server of resource {name} may introspect the tokens addressed to "
+                    "it, with a client secret of its own",
+                )
+            else:
+                found.narrows(
+                    "resource",
+                    pointer,
+                    f"the server of resource {name} may no longer introspect: its client "
+                    "secret stops working",
+                )
         _compare_scopes(found, name, old.scopes, new.scopes)
         found.leftovers(
             "resource",
             ("resources", name),
             old,
             new,
-            handled={"identifier", "kind", "description", "signing_algorithm", "scopes"},
+            handled={
+                "identifier",
+                "kind",
+                "description",
+                "signing_algorithm",
+                "introspection",
+                "scopes",
+            },
             what=f"resource {name}",
         )
 

@@ -333,6 +333,14 @@ class Resource(_Strict):
     identifier: Url = Field(description="absolute URL; becomes the token audience (RFC 8707)")
     description: Text | None = None
     signing_algorithm: Literal["RS256", "ES256"] | None = None
+    introspection: bool = Field(
+        default=False,
+        description=(
+            "the resource server may ask the introspection endpoint (RFC 7662) about the "
+            "tokens addressed to it, as a confidential client whose client_id is the "
+            "resource's name"
+        ),
+    )
     scopes: FrozenMap[ScopeName, Scope] = Field(min_length=1)
 
 

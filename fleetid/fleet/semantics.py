@@ -385,6 +385,13 @@ def _check_clashes(fleet: Fleet) -> Iterator[Finding]:
     for name in fleet.gateways:
         if name in fleet.agents:
             yield join_pointer("gateways", name), f"{name!r} is also the name of an agent"
+    # A resource server that introspects authenticates with its name as its client id.
+    for name, resource in fleet.resources.items():
+        if resource.introspection and name in fleet.agents:
+            yield (
+                join_pointer("resources", name, "introspection"),
+                f"{name!r} is also the name of an agent, whose client id it would share",
+            )
     for name in fleet.connections:
         if name in fleet.resources:
             yield join_pointer("connections", name), f"{name!r} is also the name of a resource"

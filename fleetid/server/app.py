@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 import orjson
@@ -31,7 +31,12 @@ from fleetid.keys import JWKS_MAX_AGE, KeyCustodyError
 from fleetid.server import authorize as authorization
 from fleetid.server import connections
 from fleetid.server.audit import audit_event
-from fleetid.server.clients import AuthenticatedClient, authenticate
+from fleetid.server.clients import (
+    AuthenticatedClient,
+    AuthenticatedResource,
+    authenticate,
+    authenticate_introspection_caller,
+)
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import (
     InvalidClient,
@@ -187,15 +192,23 @@ def _unquote_short(part: str) -> str:
     return unquote_plus(part, errors="strict")
 
 
+# Who an endpoint accepts: an agent, or (at /introspect) an agent or a resource server.
+_Caller = TypeVar("_Caller", AuthenticatedClient, AuthenticatedClient | AuthenticatedResource)
+
+
 def _client(
     context: ServerContext,
     revision: Revision,
     authorization: str | None,
     form: Form,
     endpoint: str,
-) -> AuthenticatedClient:
+    *,
+    authenticator: Callable[..., _Caller] = authenticate,
+) -> _Caller:
+    """The caller `authenticator` finds: an agent by default. A refused one that claimed a
+    client of the fleet leaves an audit line."""
     try:
-        return authenticate(
+        return authenticator(
             revision,
             context.secrets,
             context.store,
@@ -206,8 +219,8 @@ def _client(
         )
     except InvalidClient as refused:
         if refused.agent is not None:
-            # Someone claimed to be one of the fleet's agents and could not prove it: a
-            # wrong or leaked secret, or a guess. A claim of no agent is not recorded, as
+            # Someone claimed to be one of the fleet's clients and could not prove it: a
+            # wrong or leaked secret, or a guess. A claim of no client is not recorded, as
             # nothing would say whose line it is.
             context.audit.record(
                 audit_event(
@@ -295,7 +308,14 @@ async def _issue(
 async def _introspect(context: ServerContext, request: Request) -> Response:
     form, _ = await read_form(request, context.max_body)
     authorization = request.headers.get("authorization")
-    client = _client(context, context.live.get(), authorization, form, "/introspect")
+    client = _client(
+        context,
+        context.live.get(),
+        authorization,
+        form,
+        "/introspect",
+        authenticator=authenticate_introspection_caller,
+    )
     return _json(introspect(context, client, form))
 
 

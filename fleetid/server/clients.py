@@ -1,7 +1,9 @@
 """Who is calling: the fleet's agents as OAuth clients, and how they prove it.
 
 Every agent in the live revision is a confidential client whose `client_id` is its name.
-It authenticates with the one method fleet.yaml gives it (RFC 6749 §2.3):
+So is every resource whose server introspects (`introspection: true`), for the introspection
+endpoint alone, with a secret by `client_secret_basic` or `client_secret_post`. An agent
+authenticates with the one method fleet.yaml gives it (RFC 6749 §2.3):
 
 - `client_secret_basic` / `client_secret_post`: a high-entropy secret, compared through its
   SHA-256 digest (a slow password hash on a random 256-bit secret buys nothing and costs
@@ -31,7 +33,7 @@ from urllib.parse import unquote
 import jwt
 
 from fleetid.fleet.compile import Revision
-from fleetid.fleet.model import Agent, thaw_json
+from fleetid.fleet.model import Agent, Fleet, Resource, thaw_json
 from fleetid.server.errors import InvalidClient, InvalidRequest
 from fleetid.server.tokens import digest, new_secret
 from fleetid.store import Store
@@ -40,10 +42,13 @@ __all__ = [
     "ASSERTION_ALGORITHMS",
     "ASSERTION_TYPE",
     "AuthenticatedClient",
+    "AuthenticatedResource",
     "ClientSecrets",
     "LocalClientSecrets",
     "StoredClientSecrets",
     "authenticate",
+    "authenticate_introspection_caller",
+    "confidential_clients",
 ]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -66,16 +71,32 @@ class AuthenticatedClient:
     method: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuthenticatedResource:
+    """A resource server that proved it holds its introspection secret."""
+
+    client_id: str
+    resource: Resource
+    method: str
+
+
+def confidential_clients(fleet: Fleet) -> list[str]:
+    """The client ids that hold secrets: every agent, and every resource that introspects."""
+    resources = [name for name, resource in fleet.resources.items() if resource.introspection]
+    return sorted({*fleet.agents, *resources})
+
+
 class ClientSecrets(ABC):
-    """The digests of the agents' client secrets."""
+    """The digests of the client secrets: the agents', and those of introspecting resources."""
 
     @abstractmethod
     def digest(self, client_id: str) -> str | None: ...
 
 
 class LocalClientSecrets(ClientSecrets):
-    """Secrets in `<state>/clients.json` (mode 0600), one per agent, generated on first start
-    and kept across restarts; `fleetid credentials` reads them back."""
+    """Secrets in `<state>/clients.json` (mode 0600), one per confidential client (agent or
+    introspecting resource), generated on first start and kept across restarts; `fleetid
+    credentials` reads them back."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -161,13 +182,20 @@ def authenticate(
 ) -> AuthenticatedClient:
     """The client making this request, or InvalidClient saying why not."""
     basic = _basic_credentials(authorization) if authorization else None
-    posted = "client_secret" in form
-    asserted = "client_assertion" in form
-    # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in each
-    # request."
-    if sum((basic is not None, posted, asserted)) > 1:
-        raise InvalidRequest("use one client authentication method per request")
+    return _authenticate(revision, secrets, store, form, basic, audiences=audiences, now=now)
 
+
+def _authenticate(
+    revision: Revision,
+    secrets: ClientSecrets,
+    store: Store,
+    form: Mapping[str, str],
+    basic: tuple[str, str] | None,
+    *,
+    audiences: frozenset[str],
+    now: float,
+) -> AuthenticatedClient:
+    posted, asserted = _one_method(form, basic)
     if basic is not None:
         client_id, secret = basic
         agent = _agent(revision, client_id, form)
@@ -191,10 +219,60 @@ def authenticate(
     raise InvalidClient("client authentication is required")
 
 
-def _agent(revision: Revision, client_id: str, form: Mapping[str, str]) -> Agent:
+def authenticate_introspection_caller(
+    revision: Revision,
+    secrets: ClientSecrets,
+    store: Store,
+    form: Mapping[str, str],
+    authorization: str | None,
+    *,
+    audiences: frozenset[str],
+    now: float,
+) -> AuthenticatedClient | AuthenticatedResource:
+    """Who asks the introspection endpoint: a resource server that introspects, or else an
+    agent, as `authenticate` finds it; InvalidClient saying why not."""
+    basic = _basic_credentials(authorization) if authorization else None
+    claimed = basic[0] if basic is not None else form.get("client_id", "")
+    resource = revision.fleet.resources.get(claimed)
+    if resource is None or not resource.introspection:
+        return _authenticate(revision, secrets, store, form, basic, audiences=audiences, now=now)
+    posted, _ = _one_method(form, basic)
+    if basic is not None:
+        secret, method = basic[1], "client_secret_basic"
+        _check_posted_id(claimed, form)
+    elif posted:
+        secret, method = form["client_secret"], "client_secret_post"
+    else:
+        raise InvalidClient("a resource server authenticates with its client secret")
+    expected = secrets.digest(claimed)
+    if expected is None or not hmac.compare_digest(expected, digest(secret)):
+        refused = InvalidClient("client authentication failed")
+        # The audit trail's `agent` is the client id claimed; no agent shares this one.
+        refused.agent = claimed
+        raise refused
+    return AuthenticatedResource(claimed, resource, method)
+
+
+def _one_method(form: Mapping[str, str], basic: tuple[str, str] | None) -> tuple[bool, bool]:
+    """Whether the form posts a secret, and an assertion; InvalidRequest if the request
+    uses more than one method."""
+    posted = "client_secret" in form
+    asserted = "client_assertion" in form
+    # RFC 6749 §2.3: "The client MUST NOT use more than one authentication method in each
+    # request."
+    if sum((basic is not None, posted, asserted)) > 1:
+        raise InvalidRequest("use one client authentication method per request")
+    return posted, asserted
+
+
+def _check_posted_id(client_id: str, form: Mapping[str, str]) -> None:
     posted_id = form.get("client_id")
     if posted_id is not None and posted_id != client_id:
         raise InvalidRequest("client_id does not match the authenticated client")
+
+
+def _agent(revision: Revision, client_id: str, form: Mapping[str, str]) -> Agent:
+    _check_posted_id(client_id, form)
     agent = revision.fleet.agents.get(client_id)
     if agent is None:
         raise InvalidClient("unknown client")

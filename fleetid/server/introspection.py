@@ -1,9 +1,11 @@
-"""RFC 7662 token introspection, for authenticated fleet clients.
+"""RFC 7662 token introspection, for authenticated fleet clients and resource servers.
 
-A caller learns about a token only when it has business with it: it is the client the
-token was issued to, the agent the token is addressed to, or an actor in its chain.
-Anything else, like an invalid, expired or revoked token, is `{"active": false}` (RFC 7662
-§4: the server "MAY respond with an inactive response" to a caller not allowed to see).
+A caller learns about a token only when it has business with it. An agent: it is the
+client the token was issued to, the agent the token is addressed to, or an actor in its
+chain. A resource server that introspects: the token is addressed to it (its `aud` is the
+resource's identifier), and it learns of no refresh token. Anything else, like an invalid,
+expired or revoked token, is `{"active": false}` (RFC 7662 §4: the server "MAY respond with
+an inactive response" to a caller not allowed to see).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fleetid.server.clients import AuthenticatedClient
+from fleetid.server.clients import AuthenticatedClient, AuthenticatedResource
 from fleetid.server.context import ServerContext
 from fleetid.server.errors import InvalidRequest
 from fleetid.server.grants.delegated import REFRESH_NAMESPACE
@@ -25,7 +27,12 @@ _INACTIVE: dict[str, Any] = {"active": False}
 _CLAIMS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "tenant", "act")
 
 
-def _concerns(verified: VerifiedToken, agent: str) -> bool:
+def _concerns(
+    verified: VerifiedToken, caller: AuthenticatedClient | AuthenticatedResource
+) -> bool:
+    if isinstance(caller, AuthenticatedResource):
+        return verified.audience == caller.resource.identifier
+    agent = caller.client_id
     if verified.client_id == agent or verified.audience == agent_audience(agent):
         return True
     act = verified.claims.get("act")
@@ -37,7 +44,9 @@ def _concerns(verified: VerifiedToken, agent: str) -> bool:
 
 
 def introspect(
-    context: ServerContext, client: AuthenticatedClient, form: Mapping[str, str]
+    context: ServerContext,
+    client: AuthenticatedClient | AuthenticatedResource,
+    form: Mapping[str, str],
 ) -> dict[str, Any]:
     token = form.get("token")
     if not token:
@@ -46,7 +55,7 @@ def introspect(
 
     verified = context.tokens.verify(token, now=now)
     if verified is not None:
-        if not _concerns(verified, client.client_id):
+        if not _concerns(verified, client):
             return dict(_INACTIVE)
         try:
             still_live(context, verified)
@@ -58,6 +67,8 @@ def introspect(
         )
         return response
 
+    if isinstance(client, AuthenticatedResource):
+        return dict(_INACTIVE)
     record = context.store.get(REFRESH_NAMESPACE, digest(token))
     if record is None or record.value.get("used") or record.value["client_id"] != client.client_id:
         return dict(_INACTIVE)

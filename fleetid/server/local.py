@@ -57,7 +57,7 @@ from fleetid.keys import (
     LocalKeyFile,
 )
 from fleetid.server.audit import JsonlAudit
-from fleetid.server.clients import LocalClientSecrets
+from fleetid.server.clients import LocalClientSecrets, confidential_clients
 from fleetid.server.context import Endpoints, LiveRevision, ServerContext
 from fleetid.server.removals import end_sign_ins, sign_ins_ending
 from fleetid.server.signin import DevUserSignIn
@@ -262,7 +262,7 @@ def open_local(
         revision = compile_sources(read_sources(fleet))
     state.create()
     secrets = LocalClientSecrets(state.clients)
-    secrets.ensure(sorted(revision.fleet.agents))
+    secrets.ensure(confidential_clients(revision.fleet))
     default = revision.fleet.identity.signing.algorithm
     tokens = TokenService(
         issuer.rstrip("/"), _custodies(state, default), default_algorithm=default

@@ -47,6 +47,7 @@ from fleetid.deploy.runtime import AwsClients, build_server
 from fleetid.deploy.secrets import CIPHERTEXT_FORMAT
 from fleetid.fleet.compile import Revision, compile_sources
 from fleetid.fleet.load import FleetSources
+from fleetid.server.clients import confidential_clients
 from fleetid.server.grants.authorization_code import CODE_NAMESPACE, s256
 from fleetid.server.issuance import GRANT_NAMESPACE, Grant
 from fleetid.server.tokens import digest, new_secret
@@ -122,11 +123,18 @@ def call(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 def token_request(client: str, secret: str, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    return form_request("/token", client, secret, form)
+
+
+def form_request(
+    path: str, client: str, secret: str, form: Mapping[str, str]
+) -> tuple[int, dict[str, Any]]:
+    """A form POSTed to `path`, authenticated with Basic as `client`."""
     credentials = base64.b64encode(f"{client}:{secret}".encode()).decode()
     return call(
         url_event(
             "POST",
-            "/token",
+            path,
             headers={
                 "authorization": f"Basic {credentials}",
                 "content-type": "application/x-www-form-urlencoded",
@@ -197,8 +205,10 @@ def deployed(example_sources: FleetSources) -> Iterator[Deployed]:
             Item=record_item(PROVISIONED_SECRET_NAMESPACE, "reporting-api-key", provisioned),
         )
 
-        # The digests, as each AgentClient's TableItem writes them.
-        agent_secrets = {agent: new_secret("fis") for agent in revision.fleet.agents}
+        # The digests, as each AgentClient's and ResourceClient's TableItem writes them.
+        agent_secrets = {
+            client_id: new_secret("fis") for client_id in confidential_clients(revision.fleet)
+        }
         for agent, secret in agent_secrets.items():
             item = record_item(CLIENT_SECRET_NAMESPACE, agent, {"sha256": digest(secret)})
             dynamodb.put_item(TableName=TABLE, Item=item)
@@ -259,6 +269,27 @@ def test_client_credentials_on_the_dynamodb_store(deployed: Deployed) -> None:
 
     events = deployed.store.audit(agent="crm-reconciler")
     assert any(event.get("jti") == claims["jti"] for event in events)
+
+
+def test_the_crms_server_introspects_on_the_dynamodb_store(deployed: Deployed) -> None:
+    _, issued = token_request(
+        "crm-reconciler",
+        deployed.secrets["crm-reconciler"],
+        {"grant_type": "client_credentials", "resource": CRM, "scope": "crm:read"},
+    )
+    token = issued["access_token"]
+
+    status, description = form_request(
+        "/introspect", "crm", deployed.secrets["crm"], {"token": token}
+    )
+    wrong, refused = form_request("/introspect", "crm", "fis_wrong", {"token": token})
+
+    assert status == 200, description
+    assert description["active"] is True
+    assert description["aud"] == CRM
+    assert description["client_id"] == "crm-reconciler"
+    assert wrong == 401
+    assert refused["error"] == "invalid_client"
 
 
 def test_a_wrong_secret_is_refused(deployed: Deployed) -> None:

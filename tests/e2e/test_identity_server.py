@@ -590,6 +590,24 @@ def test_introspection_shows_a_live_token_and_revocation_ends_it(
     assert server.revoke(SALES, "not-a-token").status_code == 200
 
 
+def test_the_crms_server_introspects_the_tokens_sent_to_it(
+    server: FleetServer, alice: SignIn
+) -> None:
+    # The example's CRM introspects: `fleetid credentials crm` gives its server a secret,
+    # and authlib asks as that client.
+    token = server.exchange(SALES, alice.access_token, scope="crm:read")["access_token"]
+
+    described = server.introspect("crm", token)
+    assert described["active"] is True
+    assert described["aud"] == CRM
+    assert described["act"] == {"sub": SALES}
+    # The sign-in token is addressed to the agent, not to the CRM.
+    assert server.introspect("crm", alice.access_token) == {"active": False}
+
+    assert server.revoke(SALES, token).status_code == 200
+    assert server.introspect("crm", token) == {"active": False}
+
+
 def test_introspection_by_an_unrelated_agent_says_inactive(
     server: FleetServer, alice_crm: dict[str, Any]
 ) -> None:

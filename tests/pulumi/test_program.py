@@ -6,6 +6,7 @@ resource's inputs as the engine would receive them, secrets still marked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,7 @@ def test_only_digests_of_client_secrets_reach_the_table(deployment: Deployment) 
     ]
 
     assert sorted(resource.name for resource in digests) == [
+        "crm-digest",
         "crm-reconciler-digest",
         "finance-reporter-digest",
         "sales-assistant-client-digest",
@@ -217,6 +219,23 @@ def test_agents_elsewhere_get_credentials_as_secret_outputs(deployment: Deployme
     for name in public:
         text = json.dumps(deployment.outputs[name], default=str)
         assert not any(value in text for value in generated_secrets(deployment)), name
+
+
+def test_a_resource_that_introspects_gets_credentials_as_a_secret_output(
+    deployment: Deployment,
+) -> None:
+    assert "resourceClients" in deployment.secret_outputs
+    assert sorted(deployment.outputs["resourceClients"]) == ["crm"]
+    crm = deployment.outputs["resourceClients"]["crm"]
+    assert crm["client_id"] == "crm"
+    assert crm["client_secret"].startswith("fis_")
+    item = json.loads(
+        deployment.named("aws:dynamodb/tableItem:TableItem", "crm-digest").plain("item")
+    )
+    # The record `StoredClientSecrets` reads for the client id `crm`.
+    assert item["pk"] == {"S": "client_secret#crm"}
+    value = json.loads(item["value"]["S"])
+    assert value == {"sha256": hashlib.sha256(crm["client_secret"].encode()).hexdigest()}
 
 
 # --- storage, keys and IAM --------------------------------------------------------------------

@@ -144,3 +144,83 @@ def test_a_token_is_inactive_from_the_second_it_expires(server: Server) -> None:
     server.clock.advance(claims_of(token)["exp"] - server.clock())
 
     assert server.introspect(RECONCILER, token) == INACTIVE
+
+
+# -- resource servers ------------------------------------------------------------------
+# The example fleet's CRM introspects (`introspection: true`): its server authenticates as
+# the client `crm`, and learns only of the access tokens addressed to it.
+
+CRM_SERVER = "crm"
+
+
+def test_a_resource_server_is_told_of_a_token_addressed_to_it(server: Server) -> None:
+    token = server.machine_token(RECONCILER, CRM, "crm:read")
+
+    description = server.introspect(CRM_SERVER, token)
+
+    assert description["active"] is True
+    assert description["aud"] == CRM
+    assert description["client_id"] == RECONCILER
+    assert description["scope"] == "crm:read"
+
+
+def test_a_resource_server_may_post_its_secret(server: Server) -> None:
+    token = server.machine_token(RECONCILER, CRM, "crm:read")
+    form = {"token": token, "client_id": CRM_SERVER, "client_secret": server.secret(CRM_SERVER)}
+
+    assert server.post_form("/introspect", form).json()["active"] is True
+
+
+def test_a_resource_server_learns_nothing_of_tokens_for_others(server: Server) -> None:
+    signed_in = server.tokens_for(SALES, "bob", scope="openid crm:read tools:search")
+    addressed_to_the_agent = signed_in["access_token"]
+    assert claims_of(addressed_to_the_agent)["aud"] == agent_urn(SALES)
+
+    assert server.introspect(CRM_SERVER, addressed_to_the_agent) == INACTIVE
+    assert server.introspect(CRM_SERVER, signed_in["refresh_token"]) == INACTIVE
+    # The agent it was issued to still sees it: the answer depends on who asks.
+    assert server.introspect(SALES, addressed_to_the_agent)["active"] is True
+
+
+def test_a_resource_server_learns_of_a_revocation(server: Server) -> None:
+    token = server.machine_token(RECONCILER, CRM, "crm:read")
+    assert server.introspect(CRM_SERVER, token)["active"] is True
+
+    server.post_form("/revoke", {"token": token}, agent=RECONCILER)
+
+    assert server.introspect(CRM_SERVER, token) == INACTIVE
+
+
+def test_a_resource_server_with_a_wrong_secret_is_refused_and_audited(server: Server) -> None:
+    token = server.machine_token(RECONCILER, CRM, "crm:read")
+    wrong = "fis_" + "x" * 43
+
+    response = server.client.post("/introspect", data={"token": token}, auth=(CRM_SERVER, wrong))
+
+    assert response.status_code == 401
+    assert oauth_error(response) == "invalid_client"
+    [line] = [
+        event for event in server.audit() if event["event"] == "client_authentication_failed"
+    ]
+    assert line["agent"] == CRM_SERVER
+    assert line["outcome"] == "invalid_client on /introspect"
+    assert wrong not in str(line) and token not in str(line)
+
+
+def test_a_resource_servers_credentials_open_only_introspection(server: Server) -> None:
+    issued = server.token({"grant_type": "client_credentials", "resource": CRM}, agent=CRM_SERVER)
+    revoked = server.post_form("/revoke", {"token": "anything"}, agent=CRM_SERVER)
+
+    assert issued.status_code == 401 and oauth_error(issued) == "invalid_client"
+    assert revoked.status_code == 401 and oauth_error(revoked) == "invalid_client"
+
+
+def test_a_resource_that_does_not_introspect_has_no_credentials(server: Server) -> None:
+    token = server.machine_token(RECONCILER, CRM, "crm:read")
+
+    response = server.client.post(
+        "/introspect", data={"token": token}, auth=("tools", "fis_" + "y" * 43)
+    )
+
+    assert response.status_code == 401
+    assert server.secrets.secret("tools") is None

@@ -540,6 +540,7 @@ def secrets_state(state: Path) -> Path:
         "sales-assistant": "fis_sales",
         "crm-reconciler": "fis_reconciler",
         "retired-agent": "fis_retired",
+        "crm": "fis_crm",
     }
     descriptor = os.open(state / "clients.json", os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(descriptor, "w") as handle:
@@ -569,6 +570,28 @@ def test_credentials_refuses_an_agent_removed_from_the_fleet(
     assert result.code == 2
     assert result.out == ""
     assert result.err == f"fleetid: no agent 'retired-agent' in {example_copy}\n"
+
+
+def test_credentials_prints_an_introspecting_resources_secret(
+    run: Callable[..., Run], example_copy: Path, secrets_state: Path
+) -> None:
+    result = run("credentials", "crm", "--state", secrets_state, "--fleet", example_copy)
+
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == {"client_id": "crm", "client_secret": "fis_crm"}
+
+
+def test_credentials_refuses_a_resource_that_does_not_introspect(
+    run: Callable[..., Run], example_copy: Path, secrets_state: Path
+) -> None:
+    result = run("credentials", "tools", "--state", secrets_state, "--fleet", example_copy)
+
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err == (
+        f"fleetid: resource 'tools' in {example_copy} has no credentials: "
+        "`introspection: true` gives its server some\n"
+    )
 
 
 def test_credentials_reads_the_fleet_the_server_recorded(

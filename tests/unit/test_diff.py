@@ -698,6 +698,15 @@ CASES = [
         "tokens for resource tools are now signed with ES256",
     ),
     Case(
+        "resource introspection",
+        _at("resources/tools/introspection", True),
+        "resource",
+        "widens",
+        "the server of resource tools may introspect the tokens addressed to it, with a client "
+        "secret of its own",
+        back="narrows",
+    ),
+    Case(
         "tenant added",
         _at("tenants/initech", {"groups": {"staff": ["support"]}}),
         "tenant",

@@ -404,6 +404,18 @@ SEMANTIC_CASES = {
         "/gateways/batch",
         "'batch' is also the name of an agent",
     ),
+    "an introspecting resource named like an agent": (
+        [
+            (
+                "    identifier: https://crm.example.com\n",
+                "    identifier: https://crm.example.com\n    introspection: true\n",
+            ),
+            ("  batch:\n    runtime: langgraph", "  crm:\n    runtime: langgraph"),
+        ],
+        "introspection: true",
+        "/resources/crm/introspection",
+        "'crm' is also the name of an agent, whose client id it would share",
+    ),
     "a connection named like a resource": (
         [("  reporting:\n", "  crm:\n")],
         ("crm:\n    kind: api_key", 1),
